@@ -1,0 +1,122 @@
+"""What the progress store knows, as plain values: attempts, and the state of each eval derived
+from them. Every record is keyed by a unique attempt id, so folding the same record twice
+changes nothing; that is what lets loaders and compactors race safely."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+
+class Outcome(str, Enum):
+    """How an attempt ended; an attempt with no outcome is running or was lost with its pod."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class EvalState(str, Enum):
+    """An eval's state as `status` shows it."""
+
+    DONE = "done"
+    FAILED = "failed"
+    PENDING = "pending"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One run of one eval's command."""
+
+    id: str
+    eval: str
+    number: int
+    worker: str
+    started_at: float
+    outcome: Outcome | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    tail: tuple[str, ...] = ()
+
+    def finished(
+        self, outcome: Outcome, *, ended_at: float, exit_code: int | None, tail: tuple[str, ...] = ()
+    ) -> Attempt:
+        """This attempt with its end recorded."""
+        return replace(self, outcome=outcome, ended_at=ended_at, exit_code=exit_code, tail=tail)
+
+    def to_json(self) -> dict[str, Any]:
+        """A compact JSON object: fields that are unset are left out."""
+        data = asdict(self)
+        data["outcome"] = None if self.outcome is None else self.outcome.value
+        data["tail"] = list(self.tail)
+        return {key: value for key, value in data.items() if value not in (None, [])}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Attempt:
+        """Parse what :meth:`to_json` wrote; raises KeyError/ValueError/TypeError if malformed."""
+        outcome = data.get("outcome")
+        return cls(
+            id=str(data["id"]),
+            eval=str(data["eval"]),
+            number=int(data["number"]),
+            worker=str(data.get("worker", "")),
+            started_at=float(data["started_at"]),
+            outcome=None if outcome is None else Outcome(outcome),
+            ended_at=None if data.get("ended_at") is None else float(data["ended_at"]),
+            exit_code=None if data.get("exit_code") is None else int(data["exit_code"]),
+            tail=tuple(str(line) for line in data.get("tail", ())),
+        )
+
+
+@dataclass(slots=True)
+class RunState:
+    """All attempts of a run, by eval; merging is idempotent and order-free."""
+
+    attempts: dict[str, dict[str, Attempt]] = field(default_factory=dict)
+
+    def add(self, attempt: Attempt) -> None:
+        """Fold one record in; a finished record wins over the started one of the same attempt."""
+        by_id = self.attempts.setdefault(attempt.eval, {})
+        known = by_id.get(attempt.id)
+        if known is None or (known.outcome is None and attempt.outcome is not None):
+            by_id[attempt.id] = attempt
+
+    def merge(self, attempts: Iterable[Attempt]) -> None:
+        """Fold many records in."""
+        for attempt in attempts:
+            self.add(attempt)
+
+    def copy(self) -> RunState:
+        """A copy that can be merged into without touching this one."""
+        return RunState({name: dict(by_id) for name, by_id in self.attempts.items()})
+
+    def of(self, eval_name: str) -> list[Attempt]:
+        """The attempts of *eval_name*, oldest first."""
+        return sorted(self.attempts.get(eval_name, {}).values(), key=lambda a: (a.started_at, a.id))
+
+    def state(self, eval_name: str) -> EvalState:
+        """done once any attempt completed; failed if the last finished attempt failed."""
+        finished = [a for a in self.of(eval_name) if a.outcome is not None]
+        if any(a.outcome is Outcome.COMPLETED for a in finished):
+            return EvalState.DONE
+        if finished:
+            return EvalState.FAILED
+        return EvalState.PENDING
+
+    def next_number(self, eval_name: str) -> int:
+        """The number the next attempt of *eval_name* gets, counting from 1."""
+        return max((a.number for a in self.of(eval_name)), default=0) + 1
+
+    def completed_order(self) -> list[str]:
+        """Completed evals in the order they completed (the progress file's lines)."""
+        first_done: list[tuple[float, str]] = []
+        for name, by_id in self.attempts.items():
+            ends = [a.ended_at or 0.0 for a in by_id.values() if a.outcome is Outcome.COMPLETED]
+            if ends:
+                first_done.append((min(ends), name))
+        return [name for _, name in sorted(first_done)]
+
+    def all_attempts(self) -> list[Attempt]:
+        """Every record, in a stable order (for snapshots)."""
+        return [a for name in sorted(self.attempts) for a in self.of(name)]

@@ -1,0 +1,61 @@
+"""The one error hierarchy of batchrun; every error carries the exit code it ends the process with.
+
+    BatchrunError               exit 1
+    ├── BadInputError           exit 2: usage or bad input; nothing was run or written
+    │   ├── EvalSetError            the eval set can't be read or is invalid
+    │   ├── CommandTemplateError    --command has an unknown placeholder or bad quoting
+    │   ├── ProgressLocationError   the progress URI or storage options are malformed
+    │   └── RunIdentityError        the progress store belongs to another run
+    └── StoreError              exit 3: the progress store can't be reached or written
+        └── ConflictError           a conditional write lost a race (retried internally)
+
+Lower-level errors (OSError, botocore, YAML) are translated into these where they are raised,
+so the command line prints one line and exits with the class's code.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+EXIT_OK = 0
+EXIT_EVAL_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_STORE = 3
+
+
+class BatchrunError(Exception):
+    """Base of every error batchrun raises on purpose."""
+
+    exit_code: ClassVar[int] = EXIT_EVAL_FAILED
+
+
+class BadInputError(BatchrunError):
+    """Usage or input that can't work; raised before anything runs or is written."""
+
+    exit_code: ClassVar[int] = EXIT_BAD_INPUT
+
+
+class EvalSetError(BadInputError):
+    """The eval set is missing, unreadable, malformed, empty or names an invalid eval."""
+
+
+class CommandTemplateError(BadInputError):
+    """The --command template can't be parsed or uses an unknown placeholder."""
+
+
+class ProgressLocationError(BadInputError):
+    """The progress URI or the storage options are malformed."""
+
+
+class RunIdentityError(BadInputError):
+    """The progress store holds another run (other model, set, command or extra args)."""
+
+
+class StoreError(BatchrunError):
+    """The progress store could not be reached, read or written after retries."""
+
+    exit_code: ClassVar[int] = EXIT_STORE
+
+
+class ConflictError(StoreError):
+    """A conditional write found the object changed since it was read."""
