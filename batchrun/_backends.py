@@ -309,8 +309,8 @@ class S3Backend(FsspecBackend):
                 if expect is None:
                     raise _no_bucket(self, path) from exc
                 raise ConflictError(f"{path} was deleted since it was read") from exc  # noqa: EM102
-            except (FileExistsError, OSError) as exc:
-                if isinstance(exc, OSError) and exc.errno not in (errno.EINVAL, errno.EEXIST):
+            except OSError as exc:  # 412 Precondition Failed: FileExistsError, or errno EINVAL
+                if not isinstance(exc, FileExistsError) and exc.errno != errno.EINVAL:
                     raise
                 # Lost reply + retry looks like a conflict: our bytes may be what is stored.
                 current = self.read(path)

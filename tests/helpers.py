@@ -1,0 +1,63 @@
+"""Helpers shared by the tests: AWS environment, subprocess runs, the fake eval's journal."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from batchrun.progress import ProgressStore, resolve_location
+
+TESTS = Path(__file__).parent
+FAKE_EVAL = TESTS / "fake_eval.py"
+BUCKET = "batchrun-test"
+AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def aws_env(url: str) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",  # noqa: S105 - moto's dummy key
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
+def open_store(uri: str) -> ProgressStore:
+    """A new store instance on *uri*, as a new process would open it."""
+    return ProgressStore.open(resolve_location(uri, model="m", eval_set="s"))
+
+
+def batchrun(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m batchrun ARGS` to completion, capturing output."""
+    return subprocess.run(
+        [sys.executable, "-m", "batchrun", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def fake_command(journal: Path, *flags: str) -> str:
+    """A --command that runs the fake eval, journalling each start and end to *journal*."""
+    extra = " ".join(flags)
+    return f"{sys.executable} {FAKE_EVAL} {{eval}} {{attempt}} --journal {journal} {extra}".strip()
+
+
+def journal_entries(journal: Path) -> list[list[str]]:
+    """The fake eval's journal as lists of words: ['start', eval, attempt, pid] or ['end', eval, code]."""
+    if not journal.exists():
+        return []
+    return [line.split() for line in journal.read_text().splitlines() if line.strip()]

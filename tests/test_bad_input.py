@@ -1,0 +1,172 @@
+"""Bad input: one table, each case ends with its exit code, a one-line message, nothing written."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+from helpers import BUCKET, batchrun, free_port
+
+
+@dataclass
+class Case:
+    files: dict[str, str]
+    args: list[str]
+    code: int
+    message: str
+    before: list[str] | None = None  # a run that must succeed first (its progress must survive)
+
+
+GOOD = "good.yaml"
+GOOD_SET = "good:\n  evals: [a, b]\n"
+ECHO = f"{sys.executable} -c pass {{eval}}"
+
+CASES: dict[str, Case] = {
+    "missing eval-set file": Case({}, ["run", "m", "nope.yaml"], 2, r"eval-set file not found: nope\.yaml"),
+    "unreadable eval-set file": Case({"dir.yaml/x": ""}, ["run", "m", "dir.yaml"], 2, r"cannot read eval-set file"),
+    "malformed YAML": Case({"bad.yaml": "s:\n  evals: [a, b\n"}, ["run", "m", "bad.yaml"], 2, r"malformed YAML in .*bad\.yaml line \d"),
+    "set not in file": Case({GOOD: GOOD_SET}, ["run", "m", "good.yaml#other"], 2, r"eval set 'other' not found in"),
+    "set name not found": Case({}, ["run", "m", "no-such-set"], 2, r"eval set 'no-such-set' not found"),
+    "several sets, none chosen": Case({"two.yaml": "a: {evals: [x]}\nb: {evals: [y]}\n"}, ["run", "m", "two.yaml"], 2, r"several sets \(a, b\)"),
+    "empty set": Case({"empty.yaml": "s:\n  evals: []\n"}, ["run", "m", "empty.yaml"], 2, r"eval set 's' is empty"),
+    "empty text file": Case({"empty.txt": "# only a comment\n"}, ["run", "m", "empty.txt"], 2, r"is empty"),
+    "empty eval name": Case({"e.yaml": "s:\n  evals: [a, '']\n"}, ["run", "m", "e.yaml"], 2, r"eval #2: eval name is empty"),
+    "newline in eval name": Case({"n.yaml": 's:\n  evals: ["a\\nb"]\n'}, ["run", "m", "n.yaml"], 2, r"newline or control character"),
+    "control character in eval name": Case({"c.yaml": 's:\n  evals: ["a\\tb"]\n'}, ["run", "m", "c.yaml"], 2, r"control character"),
+    "eval name not a string": Case({"i.yaml": "s:\n  evals: [[1, 2]]\n"}, ["run", "m", "i.yaml"], 2, r"must be a string"),
+    "malformed progress URI": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--progress", "s3://bucket-only"], 2, r"needs a bucket and a key"),
+    "unknown protocol": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--progress", "nosuch://b/k"], 2, r"unknown protocol 'nosuch'"),
+    "unknown placeholder in progress URI": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--progress", "/tmp/{user}.txt"], 2, r"only \{model\} and \{eval_set\}"),
+    "bad storage options JSON": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--storage-options", "{nope"], 2, r"--storage-options is not valid JSON"),
+    "storage options not an object": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--storage-options", "[1]"], 2, r"must be a JSON object"),
+    "unknown placeholder in command": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--command", "x {evl}"], 2, r"unknown placeholder \{evl\}"),
+    "unbalanced quote in command": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--command", "x 'a"], 2, r"No closing quotation"),
+    "program not found": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--command", "no-such-program-xyz {eval}"], 2, r"program 'no-such-program-xyz' not found"),
+    "jobs 0": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--jobs", "0"], 2, r"--jobs must be at least 1, got 0"),
+    "run identity differs": Case(
+        {GOOD: GOOD_SET},
+        ["run", "m", GOOD, "--command", f"{ECHO} --other"],
+        2,
+        r"belongs to another run \(command was .*\); use --fresh to start over or --progress",
+        before=["run", "m", GOOD],
+    ),
+    "status of nothing": Case({}, ["status", "--progress", "PROGRESS"], 2, r"no batchrun progress at"),
+    "reset without --yes off a terminal": Case(
+        {GOOD: GOOD_SET}, ["reset", "m", GOOD], 2, r"refusing to delete .* without --yes", before=["run", "m", GOOD]
+    ),
+}
+
+
+def snapshot_tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_bad_input_fails_cleanly_and_writes_nothing(case: Case, tmp_path: Path) -> None:
+    """Bad input exits with its documented code and one line on stderr, leaving progress as it was."""
+    for name, text in case.files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    progress = tmp_path / "progress"
+    env = {**os.environ, "BATCHRUN_PROGRESS": f"{progress}/", "BATCHRUN_COMMAND": ECHO}
+    if case.before:
+        assert batchrun(*case.before, env=env, cwd=tmp_path).returncode == 0
+    before = snapshot_tree(progress) if progress.exists() else {}
+    args = [a.replace("PROGRESS", str(progress / "x.progress.txt")) for a in case.args]
+    result = batchrun(*args, env=env, cwd=tmp_path)
+    assert result.returncode == case.code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("batchrun: error: ")
+    assert re.search(case.message, lines[0]), lines[0]
+    assert "Traceback" not in result.stderr
+    after = snapshot_tree(progress) if progress.exists() else {}
+    assert after == before
+
+
+@pytest.fixture
+def denying_s3() -> Iterator[str]:
+    """A moto server that checks credentials (and so denies the dummy ones)."""
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait()
+
+
+def _listing(url: str) -> list[str]:
+    s3 = boto3.client("s3", endpoint_url=url)
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", []))
+
+
+def test_missing_bucket_is_a_store_error(s3_env: dict[str, str], tmp_path: Path) -> None:
+    """A progress URI in a bucket that does not exist exits 3 with one line, running nothing."""
+    (tmp_path / GOOD).write_text(GOOD_SET)
+    marker = tmp_path / "ran"
+    result = batchrun(
+        "run", "m", GOOD, "--progress", "s3://no-such-bucket/p.txt", "--command", f"touch {marker}",
+        env=s3_env, cwd=tmp_path,
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "batchrun: error: bucket 'no-such-bucket' does not exist or is not writable (s3://no-such-bucket/p.txt.d/run.json)"
+    ]
+    assert not marker.exists()
+    assert _listing(s3_env["AWS_ENDPOINT_URL"]) == []
+
+
+def test_denied_access_is_a_store_error(denying_s3: str, tmp_path: Path) -> None:
+    """Credentials the store rejects exit 3 with one line, running nothing."""
+    (tmp_path / GOOD).write_text(GOOD_SET)
+    marker = tmp_path / "ran"
+    env = {**os.environ, "AWS_ENDPOINT_URL": denying_s3, "AWS_ACCESS_KEY_ID": "bad", "AWS_SECRET_ACCESS_KEY": "bad"}
+    result = batchrun(
+        "run", "m", GOOD, "--progress", f"s3://{BUCKET}/p.txt", "--command", f"touch {marker}", env=env, cwd=tmp_path
+    )
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "access denied" in lines[0] or "InvalidAccessKeyId" in lines[0] or "Forbidden" in lines[0], lines[0]
+    assert not marker.exists()
+
+
+def test_unreachable_store_is_a_store_error(tmp_path: Path) -> None:
+    """A store nobody answers for exits 3 after bounded retries, running nothing."""
+    (tmp_path / GOOD).write_text(GOOD_SET)
+    marker = tmp_path / "ran"
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+    }
+    result = batchrun(
+        "run", "m", GOOD, "--progress", "s3://b/p.txt", "--command", f"touch {marker}", env=env, cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "progress store: cannot read s3://b/p.txt.d/run.json" in lines[0]
+    assert not marker.exists()
