@@ -80,7 +80,7 @@ def _translated(backend: Backend, op: str, path: str) -> Iterator[None]:
     except PermissionError as exc:
         msg = f"access denied to {backend.uri_prefix}{path} ({op}): {_reason(exc)}"
         raise StoreError(msg) from exc
-    except Exception as exc:  # noqa: BLE001 - the boundary: any client failure is a store failure
+    except Exception as exc:
         msg = f"progress store: cannot {op} {backend.uri_prefix}{path}: {_reason(exc)}"
         raise StoreError(msg) from exc
 
@@ -191,7 +191,8 @@ def _fsync_dir(folder: str) -> None:
 class FsspecBackend:
     """Any fsspec filesystem (memory:// in tests, gs:// and others): create-only where the
     filesystem supports it; replaces are checked against the content under an in-process lock,
-    which is exact for memory:// and best effort elsewhere."""
+    which is exact for memory:// and best effort elsewhere.
+    """
 
     def __init__(self, fs: AbstractFileSystem, uri_prefix: str) -> None:
         self.fs = fs
@@ -289,7 +290,7 @@ class S3Backend(FsspecBackend):
             except FileNotFoundError:
                 return None
 
-    def create(self, path: str, data: bytes, *, durable: bool) -> None:
+    def create(self, path: str, data: bytes, *, durable: bool) -> None:  # noqa: ARG002 - S3 PUTs are durable
         with _translated(self, "create", path):
             try:
                 self.fs.pipe_file(path, data, mode="create")
@@ -308,7 +309,7 @@ class S3Backend(FsspecBackend):
             except FileNotFoundError as exc:
                 if expect is None:
                     raise _no_bucket(self, path) from exc
-                raise ConflictError(f"{path} was deleted since it was read") from exc  # noqa: EM102
+                raise ConflictError(f"{path} was deleted since it was read") from exc
             except OSError as exc:  # 412 Precondition Failed: FileExistsError, or errno EINVAL
                 if not isinstance(exc, FileExistsError) and exc.errno != errno.EINVAL:
                     raise
@@ -316,7 +317,7 @@ class S3Backend(FsspecBackend):
                 current = self.read(path)
                 if current is not None and current.data == data:
                     return current.tag
-                raise ConflictError(f"{path} changed since it was read") from exc  # noqa: EM102
+                raise ConflictError(f"{path} changed since it was read") from exc
         return str(out["ETag"])
 
     def write(self, path: str, data: bytes) -> None:
@@ -370,7 +371,7 @@ def open_backend(protocol: str, storage_options: Mapping[str, Any]) -> Backend:
     try:
         fs = fsspec.filesystem(protocol, **options)
     except (ImportError, ValueError, TypeError) as exc:
-        raise StoreError(f"cannot open {protocol}:// filesystem: {_reason(exc)}") from exc  # noqa: EM102
+        raise StoreError(f"cannot open {protocol}:// filesystem: {_reason(exc)}") from exc
     if protocol in ("s3", "s3a"):
         return S3Backend(fs, f"{protocol}://")
     return FsspecBackend(fs, f"{protocol}://")

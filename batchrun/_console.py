@@ -1,5 +1,6 @@
 """Where batchrun's own output meets the evals' output: line-atomic writes to stdout/stderr,
-the `[eval] ` prefix when several evals run at once, and a progress bar on a terminal."""
+the `[eval] ` prefix when several evals run at once, and a progress bar on a terminal.
+"""
 
 from __future__ import annotations
 

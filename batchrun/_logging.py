@@ -10,7 +10,7 @@ import structlog
 from batchrun._console import Console
 
 
-class LogFormat(str, enum.Enum):
+class LogFormat(enum.StrEnum):
     """--log-format values."""
 
     AUTO = "auto"

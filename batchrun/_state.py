@@ -1,23 +1,24 @@
 """What the progress store knows, as plain values: attempts, and the state of each eval derived
 from them. Every record is keyed by a unique attempt id, so folding the same record twice
-changes nothing; that is what lets loaders and compactors race safely."""
+changes nothing; that is what lets loaders and compactors race safely.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """How an attempt ended; an attempt with no outcome is running or was lost with its pod."""
 
     COMPLETED = "completed"
     FAILED = "failed"
 
 
-class EvalState(str, Enum):
+class EvalState(StrEnum):
     """An eval's state as `status` shows it."""
 
     DONE = "done"
@@ -42,7 +43,7 @@ class Attempt:
     def finished(
         self, outcome: Outcome, *, ended_at: float, exit_code: int | None, tail: tuple[str, ...] = ()
     ) -> Attempt:
-        """This attempt with its end recorded."""
+        """A copy of the attempt with its end recorded."""
         return replace(self, outcome=outcome, ended_at=ended_at, exit_code=exit_code, tail=tail)
 
     def to_json(self) -> dict[str, Any]:
@@ -96,7 +97,7 @@ class RunState:
         return sorted(self.attempts.get(eval_name, {}).values(), key=lambda a: (a.started_at, a.id))
 
     def state(self, eval_name: str) -> EvalState:
-        """done once any attempt completed; failed if the last finished attempt failed."""
+        """Done once any attempt completed; failed if the last finished attempt failed."""
         finished = [a for a in self.of(eval_name) if a.outcome is not None]
         if any(a.outcome is Outcome.COMPLETED for a in finished):
             return EvalState.DONE

@@ -1,5 +1,6 @@
 """The command line: parses options (each also read from BATCHRUN_<OPTION>), calls the core,
-and turns BatchrunError into one line on stderr and the error's exit code."""
+and turns BatchrunError into one line on stderr and the error's exit code.
+"""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def _fails_cleanly(func: F) -> F:
     """Print a BatchrunError as one line and exit with its code (no traceback)."""
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: object, **kwargs: object) -> object:
         try:
             return func(*args, **kwargs)
         except BatchrunError as exc:

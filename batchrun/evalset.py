@@ -1,5 +1,6 @@
 """Loading an eval set: from a file (YAML sets, a YAML list, or plain text), a registry folder,
-or openai/evals' own registry."""
+or openai/evals' own registry.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from batchrun.errors import EvalSetError
 
@@ -59,7 +59,7 @@ def load_eval_set(ref: str, registry_paths: Sequence[str] = ()) -> EvalSet:
         msg = "eval set is empty: give a file, URL or set name"
         raise EvalSetError(msg)
     location, _, set_name = ref.partition("#")
-    if set_name or "://" in location or os.path.exists(location):
+    if set_name or "://" in location or Path(location).exists():
         return _load_file(location, set_name or None)
     found = _find_in_registry_paths(ref, registry_paths)
     if found is not None:
@@ -93,7 +93,7 @@ def _read_text(location: str) -> str:
         raise EvalSetError(msg) from None
 
 
-def _parse_yaml(text: str, location: str) -> Any:
+def _parse_yaml(text: str, location: str) -> object:
     import yaml  # noqa: PLC0415 - only YAML sets pay for PyYAML
 
     try:
@@ -120,7 +120,7 @@ def _load_file(location: str, set_name: str | None) -> EvalSet:
     return _from_document(_parse_yaml(text, location), stem, set_name, location)
 
 
-def _from_document(doc: Any, stem: str, set_name: str | None, location: str) -> EvalSet:
+def _from_document(doc: object, stem: str, set_name: str | None, location: str) -> EvalSet:
     if isinstance(doc, list):
         if set_name is not None:
             msg = f"{location}: '#{set_name}' needs named sets, but the file is a plain list"
@@ -141,7 +141,7 @@ def _from_document(doc: Any, stem: str, set_name: str | None, location: str) -> 
     return _from_set_body(set_name, doc[set_name], location)
 
 
-def _from_set_body(name: str, body: Any, location: str) -> EvalSet:
+def _from_set_body(name: str, body: object, location: str) -> EvalSet:
     evals = body.get("evals") if isinstance(body, dict) else None
     if not isinstance(evals, list):
         msg = f"{location}: set {name!r} needs an 'evals' list"

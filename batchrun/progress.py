@@ -122,8 +122,7 @@ class RunIdentity:
         for name in ("model", "eval_set", "command", "extra_args"):
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine != theirs:
-                shown = (lambda v: " ".join(v) if isinstance(v, tuple) else v)  # noqa: E731
-                return f"{name} was {shown(theirs)!r}, now {shown(mine)!r}"
+                return f"{name} was {_shown(theirs)!r}, now {_shown(mine)!r}"
         return None
 
     def to_bytes(self) -> bytes:
@@ -143,6 +142,10 @@ class RunIdentity:
             extra_args=tuple(map(str, raw.get("extra_args", ()))),
             evals=tuple(map(str, raw.get("evals", ()))),
         )
+
+
+def _shown(value: object) -> str:
+    return " ".join(value) if isinstance(value, tuple) else str(value)
 
 
 def parse_progress_lines(text: str) -> list[str]:
@@ -167,6 +170,7 @@ class ProgressStore:
     """One run's progress at one location; thread-safe; see the module docstring for the layout."""
 
     def __init__(self, location: ProgressLocation, backend: Backend) -> None:
+        """Use *backend* for *location*; :meth:`open` picks the backend from the URI."""
         self.location = location
         self.backend = backend
         self.writer = uuid.uuid4().hex[:12]
@@ -368,7 +372,8 @@ class ProgressStore:
 
     def reset(self) -> None:
         """Delete the run's progress; the progress file goes first, so a half-done reset never
-        leaves a bare progress file that the next run would import."""
+        leaves a bare progress file that the next run would import.
+        """
         self.backend.delete([self.location.path])
         self.backend.delete_tree(self.location.sidecar)
         self._snapshot = None

@@ -16,8 +16,8 @@ import structlog
 from batchrun._console import Console
 from batchrun._state import EvalState, Outcome, RunState
 from batchrun.command import CommandTemplate
-from batchrun.evalset import EvalSet
 from batchrun.errors import EXIT_EVAL_FAILED, EXIT_OK
+from batchrun.evalset import EvalSet
 from batchrun.progress import ProgressStore
 
 TAIL_LINES = 20
@@ -53,6 +53,7 @@ class Runner:
     """Runs the evals of a plan that the store does not record as done, *jobs* at a time."""
 
     def __init__(self, plan: RunPlan, store: ProgressStore, console: Console) -> None:
+        """Bind the plan to its store and to the console its output goes through."""
         self.plan = plan
         self.store = store
         self.console = console
@@ -69,9 +70,7 @@ class Runner:
         state = self.store.load()
         pending = [name for name in evals if state.state(name) is not EvalState.DONE]
         self._done = len(evals) - len(pending)
-        self.log.info(
-            "run.started", total=len(evals), done=self._done, pending=len(pending), jobs=self.plan.jobs
-        )
+        self.log.info("run.started", total=len(evals), done=self._done, pending=len(pending), jobs=self.plan.jobs)
         started = time.monotonic()
         self.console.start_bar(done=self._done, total=len(evals))
         try:
@@ -79,9 +78,7 @@ class Runner:
                 self._run_all(pending, state)
         finally:
             self.console.stop_bar()
-        summary = RunSummary(
-            total=len(evals), done=self._done, failed=tuple(self._failed), ran=len(pending)
-        )
+        summary = RunSummary(total=len(evals), done=self._done, failed=tuple(self._failed), ran=len(pending))
         self.log.info(
             "run.finished",
             total=summary.total,
@@ -160,13 +157,13 @@ class Runner:
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         assert proc.stdout is not None  # noqa: S101 - both pipes were asked for
         assert proc.stderr is not None  # noqa: S101
-        err_pump = threading.Thread(target=self._pump, args=(proc.stderr, True, prefix, tail), daemon=True)
+        err_pump = threading.Thread(target=self._pump, args=(proc.stderr, prefix, tail, True), daemon=True)
         err_pump.start()
-        self._pump(proc.stdout, False, prefix, tail)
+        self._pump(proc.stdout, prefix, tail, stderr=False)
         err_pump.join()
         return proc.wait(), tuple(tail)
 
-    def _pump(self, stream: IO[bytes], stderr: bool, prefix: bytes, tail: collections.deque[str]) -> None:  # noqa: FBT001
+    def _pump(self, stream: IO[bytes], prefix: bytes, tail: collections.deque[str], stderr: bool) -> None:  # noqa: FBT001 - Thread args are positional
         with stream:
             for line in iter(stream.readline, b""):
                 self.console.eval_line(line, stderr=stderr, prefix=prefix)
@@ -185,5 +182,3 @@ def describe_exit(exit_code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-exit_code}"
     return f"exit {exit_code}"
-
-

@@ -46,7 +46,11 @@ class StatusReport:
             "pending": self.count(EvalState.PENDING),
             "evals": [
                 {"name": e.name, "state": e.state.value, "attempts": e.attempts}
-                | ({"exit_code": e.exit_code, "last_output": list(e.last_output)} if e.state is EvalState.FAILED else {})
+                | (
+                    {"exit_code": e.exit_code, "last_output": list(e.last_output)}
+                    if e.state is EvalState.FAILED
+                    else {}
+                )
                 for e in self.evals
             ],
         }

@@ -33,24 +33,55 @@ ECHO = f"{sys.executable} -c pass {{eval}}"
 CASES: dict[str, Case] = {
     "missing eval-set file": Case({}, ["run", "m", "nope.yaml"], 2, r"eval-set file not found: nope\.yaml"),
     "unreadable eval-set file": Case({"dir.yaml/x": ""}, ["run", "m", "dir.yaml"], 2, r"cannot read eval-set file"),
-    "malformed YAML": Case({"bad.yaml": "s:\n  evals: [a, b\n"}, ["run", "m", "bad.yaml"], 2, r"malformed YAML in .*bad\.yaml line \d"),
+    "malformed YAML": Case(
+        {"bad.yaml": "s:\n  evals: [a, b\n"}, ["run", "m", "bad.yaml"], 2, r"malformed YAML in .*bad\.yaml line \d"
+    ),
     "set not in file": Case({GOOD: GOOD_SET}, ["run", "m", "good.yaml#other"], 2, r"eval set 'other' not found in"),
     "set name not found": Case({}, ["run", "m", "no-such-set"], 2, r"eval set 'no-such-set' not found"),
-    "several sets, none chosen": Case({"two.yaml": "a: {evals: [x]}\nb: {evals: [y]}\n"}, ["run", "m", "two.yaml"], 2, r"several sets \(a, b\)"),
+    "several sets, none chosen": Case(
+        {"two.yaml": "a: {evals: [x]}\nb: {evals: [y]}\n"}, ["run", "m", "two.yaml"], 2, r"several sets \(a, b\)"
+    ),
     "empty set": Case({"empty.yaml": "s:\n  evals: []\n"}, ["run", "m", "empty.yaml"], 2, r"eval set 's' is empty"),
     "empty text file": Case({"empty.txt": "# only a comment\n"}, ["run", "m", "empty.txt"], 2, r"is empty"),
-    "empty eval name": Case({"e.yaml": "s:\n  evals: [a, '']\n"}, ["run", "m", "e.yaml"], 2, r"eval #2: eval name is empty"),
-    "newline in eval name": Case({"n.yaml": 's:\n  evals: ["a\\nb"]\n'}, ["run", "m", "n.yaml"], 2, r"newline or control character"),
-    "control character in eval name": Case({"c.yaml": 's:\n  evals: ["a\\tb"]\n'}, ["run", "m", "c.yaml"], 2, r"control character"),
-    "eval name not a string": Case({"i.yaml": "s:\n  evals: [[1, 2]]\n"}, ["run", "m", "i.yaml"], 2, r"must be a string"),
-    "malformed progress URI": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--progress", "s3://bucket-only"], 2, r"needs a bucket and a key"),
-    "unknown protocol": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--progress", "nosuch://b/k"], 2, r"unknown protocol 'nosuch'"),
-    "unknown placeholder in progress URI": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--progress", "/tmp/{user}.txt"], 2, r"only \{model\} and \{eval_set\}"),
-    "bad storage options JSON": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--storage-options", "{nope"], 2, r"--storage-options is not valid JSON"),
-    "storage options not an object": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--storage-options", "[1]"], 2, r"must be a JSON object"),
-    "unknown placeholder in command": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--command", "x {evl}"], 2, r"unknown placeholder \{evl\}"),
-    "unbalanced quote in command": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--command", "x 'a"], 2, r"No closing quotation"),
-    "program not found": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--command", "no-such-program-xyz {eval}"], 2, r"program 'no-such-program-xyz' not found"),
+    "empty eval name": Case(
+        {"e.yaml": "s:\n  evals: [a, '']\n"}, ["run", "m", "e.yaml"], 2, r"eval #2: eval name is empty"
+    ),
+    "newline in eval name": Case(
+        {"n.yaml": 's:\n  evals: ["a\\nb"]\n'}, ["run", "m", "n.yaml"], 2, r"newline or control character"
+    ),
+    "control character in eval name": Case(
+        {"c.yaml": 's:\n  evals: ["a\\tb"]\n'}, ["run", "m", "c.yaml"], 2, r"control character"
+    ),
+    "eval name not a string": Case(
+        {"i.yaml": "s:\n  evals: [[1, 2]]\n"}, ["run", "m", "i.yaml"], 2, r"must be a string"
+    ),
+    "malformed progress URI": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--progress", "s3://bucket-only"], 2, r"needs a bucket and a key"
+    ),
+    "unknown protocol": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--progress", "nosuch://b/k"], 2, r"unknown protocol 'nosuch'"
+    ),
+    "unknown placeholder in progress URI": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--progress", "/tmp/{user}.txt"], 2, r"only \{model\} and \{eval_set\}"
+    ),
+    "bad storage options JSON": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--storage-options", "{nope"], 2, r"--storage-options is not valid JSON"
+    ),
+    "storage options not an object": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--storage-options", "[1]"], 2, r"must be a JSON object"
+    ),
+    "unknown placeholder in command": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--command", "x {evl}"], 2, r"unknown placeholder \{evl\}"
+    ),
+    "unbalanced quote in command": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--command", "x 'a"], 2, r"No closing quotation"
+    ),
+    "program not found": Case(
+        {GOOD: GOOD_SET},
+        ["run", "m", GOOD, "--command", "no-such-program-xyz {eval}"],
+        2,
+        r"program 'no-such-program-xyz' not found",
+    ),
     "jobs 0": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--jobs", "0"], 2, r"--jobs must be at least 1, got 0"),
     "run identity differs": Case(
         {GOOD: GOOD_SET},
@@ -125,8 +156,15 @@ def test_missing_bucket_is_a_store_error(s3_env: dict[str, str], tmp_path: Path)
     (tmp_path / GOOD).write_text(GOOD_SET)
     marker = tmp_path / "ran"
     result = batchrun(
-        "run", "m", GOOD, "--progress", "s3://no-such-bucket/p.txt", "--command", f"touch {marker}",
-        env=s3_env, cwd=tmp_path,
+        "run",
+        "m",
+        GOOD,
+        "--progress",
+        "s3://no-such-bucket/p.txt",
+        "--command",
+        f"touch {marker}",
+        env=s3_env,
+        cwd=tmp_path,
     )
     assert result.returncode == 3, result.stderr
     assert result.stderr.strip().splitlines() == [
@@ -162,7 +200,15 @@ def test_unreachable_store_is_a_store_error(tmp_path: Path) -> None:
         "AWS_SECRET_ACCESS_KEY": "x",
     }
     result = batchrun(
-        "run", "m", GOOD, "--progress", "s3://b/p.txt", "--command", f"touch {marker}", env=env, cwd=tmp_path,
+        "run",
+        "m",
+        GOOD,
+        "--progress",
+        "s3://b/p.txt",
+        "--command",
+        f"touch {marker}",
+        env=env,
+        cwd=tmp_path,
         timeout=120,
     )
     assert result.returncode == 3, result.stderr

@@ -69,8 +69,9 @@ def test_failed_eval_exits_1_is_not_recorded_and_reruns(workdir: Path) -> None:
 def test_eval_gets_its_environment_and_runs_without_a_shell(tmp_path: Path) -> None:
     """The eval sees BATCHRUN_* variables; placeholders and extra args fill argv; names can't inject."""
     (tmp_path / "s.txt").write_text("# a comment\nx;touch pwned  # trailing comment\n")
-    script = "import os,sys; print(sys.argv[1:], [os.environ[k] for k in ('BATCHRUN_MODEL','BATCHRUN_EVAL_SET','BATCHRUN_EVAL','BATCHRUN_ATTEMPT','BATCHRUN_PROGRESS')])"
-    command = f"{sys.executable} -c \"{script}\" {{model}} {{eval}} {{eval_set}} {{attempt}}"
+    names = "'BATCHRUN_MODEL','BATCHRUN_EVAL_SET','BATCHRUN_EVAL','BATCHRUN_ATTEMPT','BATCHRUN_PROGRESS'"
+    script = f"import os,sys; print(sys.argv[1:], [os.environ[k] for k in ({names})])"
+    command = f'{sys.executable} -c "{script}" {{model}} {{eval}} {{eval_set}} {{attempt}}'
     progress = tmp_path / "p.txt"
     result = batchrun(
         "run", "gpt", "s.txt", "--command", command, "--progress", str(progress), "--", "--max", "5", cwd=tmp_path
@@ -86,8 +87,15 @@ def test_jobs_run_evals_at_once_with_prefixed_output(workdir: Path) -> None:
     """With --jobs 3 the three evals overlap and every output line carries its eval's name."""
     journal = workdir / "journal"
     result = batchrun(
-        "run", "m", "set.yaml", "--jobs", "3", "--command", fake_command(journal, "--sleep", "1"),
-        env=env_for(workdir), cwd=workdir,
+        "run",
+        "m",
+        "set.yaml",
+        "--jobs",
+        "3",
+        "--command",
+        fake_command(journal, "--sleep", "1"),
+        env=env_for(workdir),
+        cwd=workdir,
     )
     assert result.returncode == 0, result.stderr
     kinds = [e[0] for e in journal_entries(journal)]
@@ -103,8 +111,12 @@ def test_jobs_run_evals_at_once_with_prefixed_output(workdir: Path) -> None:
 def test_options_come_from_environment_variables(workdir: Path) -> None:
     """BATCHRUN_COMMAND, BATCHRUN_JOBS and BATCHRUN_PROGRESS work like the options."""
     journal = workdir / "journal"
-    env = env_for(workdir, BATCHRUN_COMMAND=fake_command(journal), BATCHRUN_JOBS="2",
-                  BATCHRUN_PROGRESS=str(workdir / "elsewhere" / "{model}-{eval_set}.txt"))
+    env = env_for(
+        workdir,
+        BATCHRUN_COMMAND=fake_command(journal),
+        BATCHRUN_JOBS="2",
+        BATCHRUN_PROGRESS=str(workdir / "elsewhere" / "{model}-{eval_set}.txt"),
+    )
     result = batchrun("run", "m", "set.yaml", env=env, cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert sorted((workdir / "elsewhere" / "m-myset.txt").read_text().split()) == ["alpha", "beta", "gamma"]
@@ -129,7 +141,9 @@ def test_oaievalset_progress_file_is_picked_up(tmp_path: Path) -> None:
     progress.parent.mkdir()
     progress.write_text('["oaieval", "m", "a"]\n["oaieval", "m", "c", "--registry_path", "x"]\n')
     journal = tmp_path / "journal"
-    result = batchrun("run", "m", "set.yaml", "--progress", str(progress), "--command", fake_command(journal), cwd=tmp_path)
+    result = batchrun(
+        "run", "m", "set.yaml", "--progress", str(progress), "--command", fake_command(journal), cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert starts(journal) == Counter({"b": 1})
     assert progress.read_text().splitlines() == ["a", "c", "b"]
@@ -145,13 +159,23 @@ def test_status_from_the_progress_uri_alone(workdir: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert {k: report[k] for k in ("model", "eval_set", "progress", "total", "done", "failed", "pending")} == {
-        "model": "m", "eval_set": "myset", "progress": uri, "total": 3, "done": 2, "failed": 1, "pending": 0,
+        "model": "m",
+        "eval_set": "myset",
+        "progress": uri,
+        "total": 3,
+        "done": 2,
+        "failed": 1,
+        "pending": 0,
     }
     assert [(e["name"], e["state"], e["attempts"]) for e in report["evals"]] == [
-        ("alpha", "done", 1), ("beta", "done", 1), ("gamma", "failed", 1),
+        ("alpha", "done", 1),
+        ("beta", "done", 1),
+        ("gamma", "failed", 1),
     ]
     table = batchrun("status", "--progress", uri, cwd=workdir).stdout
-    assert "gamma" in table and "failed" in table and "total 3: 2 done, 1 failed, 0 pending" in table
+    assert "gamma" in table
+    assert "failed" in table
+    assert "total 3: 2 done, 1 failed, 0 pending" in table
 
 
 def test_reset_with_yes_deletes_the_run(workdir: Path) -> None:
@@ -170,13 +194,27 @@ def test_logs_are_json_events_with_flat_fields(workdir: Path) -> None:
     """Off a terminal, stderr carries one JSON object per event with the documented names and fields."""
     journal = workdir / "journal"
     env = env_for(workdir, OPENAI_API_KEY="sk-secret-value")
-    result = batchrun("run", "m", "set.yaml", "--command", fake_command(journal, "--fail", "beta"), env=env, cwd=workdir)
+    result = batchrun(
+        "run", "m", "set.yaml", "--command", fake_command(journal, "--fail", "beta"), env=env, cwd=workdir
+    )
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     names = [e["event"] for e in events]
-    assert names[0] == "run.started" and names[-1] == "run.finished"
+    assert names[0] == "run.started"
+    assert names[-1] == "run.finished"
     assert {"eval.started", "eval.completed", "eval.failed"} <= set(names)
     completed = next(e for e in events if e["event"] == "eval.completed")
-    assert {"model", "eval_set", "eval", "attempt", "duration_s", "exit_code", "done", "total", "worker", "progress"} <= set(completed)
+    assert {
+        "model",
+        "eval_set",
+        "eval",
+        "attempt",
+        "duration_s",
+        "exit_code",
+        "done",
+        "total",
+        "worker",
+        "progress",
+    } <= set(completed)
     failed = next(e for e in events if e["event"] == "eval.failed")
     assert (failed["eval"], failed["exit_code"]) == ("beta", 3)
     assert "sk-secret-value" not in result.stderr
@@ -188,7 +226,10 @@ def test_terminal_gets_readable_logs_and_a_progress_bar(workdir: Path) -> None:
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "batchrun", "run", "m", "set.yaml", "--command", fake_command(journal)],
-        stdout=subprocess.DEVNULL, stderr=follower, env=env_for(workdir), cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+        env=env_for(workdir),
+        cwd=workdir,
     )
     os.close(follower)
     chunks = []
@@ -204,4 +245,5 @@ def test_terminal_gets_readable_logs_and_a_progress_bar(workdir: Path) -> None:
     text = b"".join(chunks).decode()
     assert "run.started" in text
     assert '{"' not in text
-    assert "3/3" in text and "ETA" in text
+    assert "3/3" in text
+    assert "ETA" in text

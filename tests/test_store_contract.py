@@ -97,7 +97,9 @@ def test_folding_an_event_twice_changes_nothing(progress_uri: str) -> None:
     """An event still present after its compaction (delete lost) is not counted twice."""
     store = open_store(progress_uri)
     store.start("x", 1)
-    saved = {n: store.backend.read(f"{store.location.events}/{n}") for n in store.backend.listdir(store.location.events)}
+    saved = {
+        n: store.backend.read(f"{store.location.events}/{n}") for n in store.backend.listdir(store.location.events)
+    }
     store.compact()
     for name, blob in saved.items():  # the events come back, as if the delete had been lost
         store.backend.create(f"{store.location.events}/{name}", blob.data, durable=False)  # type: ignore[union-attr]
@@ -216,7 +218,7 @@ def test_identity_is_kept_and_checked(progress_uri: str) -> None:
     store.claim(ident)
     store.claim(RunIdentity("m", "s", "oaieval {model} {eval}", ("--x",), ("a", "b", "c")))
     assert open_store(progress_uri).identity().evals == ("a", "b", "c")  # type: ignore[union-attr]
-    with pytest.raises(RunIdentityError, match="command was 'oaieval {model} {eval}', now 'other'"):
+    with pytest.raises(RunIdentityError, match=r"command was 'oaieval \{model\} \{eval\}', now 'other'"):
         store.claim(RunIdentity("m", "s", "other", ("--x",), ("a",)))
     with pytest.raises(RunIdentityError, match="extra_args was '--x', now '--y'"):
         store.claim(RunIdentity("m", "s", "oaieval {model} {eval}", ("--y",), ("a",)))
@@ -235,7 +237,7 @@ def test_oaievalset_progress_file_is_imported(progress_uri: str) -> None:
 
 
 def test_reset_forgets_everything(progress_uri: str) -> None:
-    """reset deletes the progress file, identity, snapshot and events."""
+    """Reset deletes the progress file, identity, snapshot and events."""
     store = open_store(progress_uri)
     store.claim(RunIdentity("m", "s", "c", (), ("a",)))
     complete(store, "a")

@@ -1,0 +1,136 @@
+"""Pods dying: batchrun SIGKILLed between and during evals against S3, restarted as a new process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import boto3
+import pytest
+from helpers import BUCKET, batchrun, fake_command, journal_entries
+
+pytestmark = pytest.mark.slow
+
+EVALS = [f"eval-{i:02d}" for i in range(12)]
+
+
+def start_batchrun(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchrun", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def kill_pod(proc: subprocess.Popen[bytes], journal: Path) -> None:
+    """What a lost node does: batchrun and every eval it started die at once, with no signal handled."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    for entry in journal_entries(journal):
+        if entry[0] == "start":
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(entry[3]), signal.SIGKILL)
+
+
+def read_progress(key: str) -> list[str]:
+    body = boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    return body.decode().splitlines()
+
+
+@pytest.mark.parametrize("jobs", ["1", "3"])
+def test_repeated_kills_complete_every_eval_exactly_once(s3_env: dict[str, str], tmp_path: Path, jobs: str) -> None:
+    """Killed again and again, restarted runs finish the set: each eval recorded once, failures never."""
+    (tmp_path / "set.txt").write_text("\n".join(EVALS) + "\n")
+    journal = tmp_path / "journal"
+    progress = f"s3://{BUCKET}/runs/m.set.progress.txt"
+    command = fake_command(journal, "--sleep", "0.3", "--fail", "eval-05")
+    args = ["run", "m", "set.txt", "--progress", progress, "--command", command, "--jobs", jobs]
+    rng = random.Random(1234 + int(jobs))
+    kills = 0
+    for _ in range(30):
+        proc = start_batchrun(args, s3_env, tmp_path)
+        try:
+            code = proc.wait(timeout=rng.uniform(0.8, 2.0))
+        except subprocess.TimeoutExpired:
+            kill_pod(proc, journal)
+            kills += 1
+            continue
+        if code == 1:  # everything ran; only the failing eval is left
+            break
+        pytest.fail(f"unexpected exit code {code}")
+    else:
+        pytest.fail("the run never finished")
+    assert kills >= 2, "the test should have killed some runs"
+
+    lines = read_progress("runs/m.set.progress.txt")
+    assert sorted(lines) == sorted(e for e in EVALS if e != "eval-05")
+    assert len(lines) == len(set(lines))
+    status = batchrun("status", "--progress", progress, "--json", env=s3_env, cwd=tmp_path)
+    report = json.loads(status.stdout)
+    states = {e["name"]: e["state"] for e in report["evals"]}
+    assert states == {e: ("failed" if e == "eval-05" else "done") for e in EVALS}
+
+    entries = journal_entries(journal)
+    runs = Counter(e[1] for e in entries if e[0] == "start")
+    ended_ok = Counter(e[1] for e in entries if e[0] == "end" and e[2] == "0")
+    for name in EVALS:
+        if name != "eval-05":
+            assert ended_ok[name] >= 1, name
+    # Every extra run of an eval is explained by a kill: a kill interrupts at most --jobs evals,
+    # and the failing eval runs once per batchrun start that reached it.
+    extra = sum(runs[name] - 1 for name in EVALS if name != "eval-05")
+    assert extra <= kills * int(jobs)
+
+
+def test_two_runs_at_once_lose_no_record(s3_env: dict[str, str], tmp_path: Path) -> None:
+    """Two batchrun processes on one progress URI (an old and a new pod) both finish; none is lost."""
+    names = [f"e{i:02d}" for i in range(20)]
+    (tmp_path / "set.txt").write_text("\n".join(names) + "\n")
+    journal = tmp_path / "journal"
+    progress = f"s3://{BUCKET}/runs/two.progress.txt"
+    args = [
+        "run",
+        "m",
+        "set.txt",
+        "--progress",
+        progress,
+        "--command",
+        fake_command(journal, "--sleep", "0.05"),
+        "--jobs",
+        "2",
+    ]
+    procs = [start_batchrun(args, s3_env, tmp_path), start_batchrun(args, s3_env, tmp_path)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    lines = read_progress("runs/two.progress.txt")
+    assert sorted(lines) == names
+    status = batchrun("status", "--progress", progress, "--json", env=s3_env, cwd=tmp_path)
+    assert '"done": 20' in status.stdout
+
+
+def test_kill_during_an_eval_reruns_it_and_counts_the_attempt(s3_env: dict[str, str], tmp_path: Path) -> None:
+    """An eval whose pod died mid-run is not completed, runs again, and its lost attempt is counted."""
+    (tmp_path / "set.txt").write_text("slow\n")
+    journal = tmp_path / "journal"
+    progress = f"s3://{BUCKET}/runs/slow.progress.txt"
+    args = ["run", "m", "set.txt", "--progress", progress, "--command", fake_command(journal, "--sleep", "2")]
+    proc = start_batchrun(args, s3_env, tmp_path)
+    deadline = time.monotonic() + 30
+    while not journal_entries(journal) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    kill_pod(proc, journal)
+    report = batchrun("status", "--progress", progress, "--json", env=s3_env, cwd=tmp_path).stdout
+    assert '"state": "pending", "attempts": 1' in report
+    assert start_batchrun(args, s3_env, tmp_path).wait(timeout=60) == 0
+    attempts = [e[2] for e in journal_entries(journal) if e[0] == "start"]
+    assert attempts == ["1", "2"]
+    assert read_progress("runs/slow.progress.txt") == ["slow"]
