@@ -168,7 +168,9 @@ def status(  # noqa: PLR0913
     progress: ProgressOpt = None,
     storage_options: StorageOpt = None,
     registry_path: RegistryOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of a table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", envvar="BATCHRUN_JSON", help="One JSON object instead of a table.")
+    ] = False,
 ) -> None:
     """Show each eval's state (done, failed, pending) and attempts."""
     store, evals, set_name = _locate(model, eval_set, progress, storage_options, registry_path or [])
@@ -198,7 +200,9 @@ def reset(  # noqa: PLR0913
     progress: ProgressOpt = None,
     storage_options: StorageOpt = None,
     registry_path: RegistryOpt = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Don't ask for confirmation.")] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", envvar="BATCHRUN_YES", help="Don't ask for confirmation.")
+    ] = False,
 ) -> None:
     """Delete this run's progress (asks first unless --yes)."""
     store, _, _ = _locate(model, eval_set, progress, storage_options, registry_path or [])

@@ -24,11 +24,12 @@ class Case:
     code: int
     message: str
     before: list[str] | None = None  # a run that must succeed first (its progress must survive)
+    store: str = "local"  # where progress lives: local, s3 (moto), denying (moto checking keys), unreachable
 
 
 GOOD = "good.yaml"
 GOOD_SET = "good:\n  evals: [a, b]\n"
-ECHO = f"{sys.executable} -c pass {{eval}}"
+
 
 CASES: dict[str, Case] = {
     "missing eval-set file": Case({}, ["run", "m", "nope.yaml"], 2, r"eval-set file not found: nope\.yaml"),
@@ -85,10 +86,27 @@ CASES: dict[str, Case] = {
     "jobs 0": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--jobs", "0"], 2, r"--jobs must be at least 1, got 0"),
     "run identity differs": Case(
         {GOOD: GOOD_SET},
-        ["run", "m", GOOD, "--command", f"{ECHO} --other"],
+        ["run", "m", GOOD, "--command", "touch other {eval}"],
         2,
         r"belongs to another run \(command was .*\); use --fresh to start over or --progress",
         before=["run", "m", GOOD],
+    ),
+    "missing bucket": Case(
+        {GOOD: GOOD_SET},
+        ["run", "m", GOOD, "--progress", "s3://no-such-bucket/p.txt"],
+        3,
+        r"bucket 'no-such-bucket' does not exist or is not writable \(s3://no-such-bucket/p\.txt\.d/run\.json\)$",
+        store="s3",
+    ),
+    "denied access": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD], 3, r"access denied to s3://batchrun-test/.*run\.json", store="denying"
+    ),
+    "unreachable store": Case(
+        {GOOD: GOOD_SET},
+        ["run", "m", GOOD],
+        3,
+        r"progress store: cannot read s3://batchrun-test/.*run\.json: EndpointConnectionError",
+        store="unreachable",
     ),
     "status of nothing": Case({}, ["status", "--progress", "PROGRESS"], 2, r"no batchrun progress at"),
     "reset without --yes off a terminal": Case(
@@ -101,32 +119,14 @@ def snapshot_tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_bad_input_fails_cleanly_and_writes_nothing(case: Case, tmp_path: Path) -> None:
-    """Bad input exits with its documented code and one line on stderr, leaving progress as it was."""
-    for name, text in case.files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    progress = tmp_path / "progress"
-    env = {**os.environ, "BATCHRUN_PROGRESS": f"{progress}/", "BATCHRUN_COMMAND": ECHO}
-    if case.before:
-        assert batchrun(*case.before, env=env, cwd=tmp_path).returncode == 0
-    before = snapshot_tree(progress) if progress.exists() else {}
-    args = [a.replace("PROGRESS", str(progress / "x.progress.txt")) for a in case.args]
-    result = batchrun(*args, env=env, cwd=tmp_path)
-    assert result.returncode == case.code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("batchrun: error: ")
-    assert re.search(case.message, lines[0]), lines[0]
-    assert "Traceback" not in result.stderr
-    after = snapshot_tree(progress) if progress.exists() else {}
-    assert after == before
+def bucket_listing(url: str) -> list[str]:
+    s3 = boto3.client("s3", endpoint_url=url)
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", []))
 
 
 @pytest.fixture
 def denying_s3() -> Iterator[str]:
-    """A moto server that checks credentials (and so denies the dummy ones)."""
+    """A moto server that checks credentials, and so denies the dummy ones."""
     port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
     proc = subprocess.Popen(
@@ -146,73 +146,42 @@ def denying_s3() -> Iterator[str]:
     proc.wait()
 
 
-def _listing(url: str) -> list[str]:
-    s3 = boto3.client("s3", endpoint_url=url)
-    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", []))
+def case_env(case: Case, request: pytest.FixtureRequest, progress: Path, marker: Path) -> dict[str, str]:
+    env = {**os.environ, "BATCHRUN_PROGRESS": f"{progress}/", "BATCHRUN_COMMAND": f"touch {marker} {{eval}}"}
+    if case.store == "s3":
+        env.update(request.getfixturevalue("s3_env"))
+    elif case.store in ("denying", "unreachable"):
+        url = request.getfixturevalue("denying_s3") if case.store == "denying" else f"http://127.0.0.1:{free_port()}"
+        env.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="bad", AWS_SECRET_ACCESS_KEY="bad")  # noqa: S106
+    if case.store != "local":
+        env["BATCHRUN_PROGRESS"] = f"s3://{BUCKET}/runs/"
+    return env
 
 
-def test_missing_bucket_is_a_store_error(s3_env: dict[str, str], tmp_path: Path) -> None:
-    """A progress URI in a bucket that does not exist exits 3 with one line, running nothing."""
-    (tmp_path / GOOD).write_text(GOOD_SET)
-    marker = tmp_path / "ran"
-    result = batchrun(
-        "run",
-        "m",
-        GOOD,
-        "--progress",
-        "s3://no-such-bucket/p.txt",
-        "--command",
-        f"touch {marker}",
-        env=s3_env,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 3, result.stderr
-    assert result.stderr.strip().splitlines() == [
-        "batchrun: error: bucket 'no-such-bucket' does not exist or is not writable (s3://no-such-bucket/p.txt.d/run.json)"
-    ]
-    assert not marker.exists()
-    assert _listing(s3_env["AWS_ENDPOINT_URL"]) == []
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_bad_input_fails_cleanly_and_writes_nothing(case: Case, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Bad input exits with its documented code and one line on stderr, running and writing nothing."""
+    for name, text in case.files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    progress = tmp_path / "progress"
+    marker = tmp_path / "an-eval-ran"
+    env = case_env(case, request, progress, marker)
+    if case.before:
+        assert batchrun(*case.before, env=env, cwd=tmp_path).returncode == 0
+        marker.unlink()
+    before = snapshot_tree(progress) if progress.exists() else {}
+    objects_before = bucket_listing(env["AWS_ENDPOINT_URL"]) if case.store == "s3" else []
 
+    args = [a.replace("PROGRESS", str(progress / "x.progress.txt")) for a in case.args]
+    result = batchrun(*args, env=env, cwd=tmp_path, timeout=120)
 
-def test_denied_access_is_a_store_error(denying_s3: str, tmp_path: Path) -> None:
-    """Credentials the store rejects exit 3 with one line, running nothing."""
-    (tmp_path / GOOD).write_text(GOOD_SET)
-    marker = tmp_path / "ran"
-    env = {**os.environ, "AWS_ENDPOINT_URL": denying_s3, "AWS_ACCESS_KEY_ID": "bad", "AWS_SECRET_ACCESS_KEY": "bad"}
-    result = batchrun(
-        "run", "m", GOOD, "--progress", f"s3://{BUCKET}/p.txt", "--command", f"touch {marker}", env=env, cwd=tmp_path
-    )
-    assert result.returncode == 3, result.stderr
+    assert result.returncode == case.code, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "access denied" in lines[0] or "InvalidAccessKeyId" in lines[0] or "Forbidden" in lines[0], lines[0]
+    assert lines[0].startswith("batchrun: error: ")
+    assert re.search(case.message, lines[0]), lines[0]
     assert not marker.exists()
-
-
-def test_unreachable_store_is_a_store_error(tmp_path: Path) -> None:
-    """A store nobody answers for exits 3 after bounded retries, running nothing."""
-    (tmp_path / GOOD).write_text(GOOD_SET)
-    marker = tmp_path / "ran"
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
-        "AWS_ACCESS_KEY_ID": "x",
-        "AWS_SECRET_ACCESS_KEY": "x",
-    }
-    result = batchrun(
-        "run",
-        "m",
-        GOOD,
-        "--progress",
-        "s3://b/p.txt",
-        "--command",
-        f"touch {marker}",
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert result.returncode == 3, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "progress store: cannot read s3://b/p.txt.d/run.json" in lines[0]
-    assert not marker.exists()
+    assert (snapshot_tree(progress) if progress.exists() else {}) == before
+    if case.store == "s3":
+        assert bucket_listing(env["AWS_ENDPOINT_URL"]) == objects_before

@@ -15,21 +15,30 @@ from pathlib import Path
 
 import boto3
 import pytest
-from helpers import BUCKET, batchrun, fake_command, journal_entries
+from helpers import BUCKET, batchrun, fake_command, journal_entries, open_store
+
+from batchrun import EvalState
 
 pytestmark = pytest.mark.slow
 
 EVALS = [f"eval-{i:02d}" for i in range(12)]
 
 
-def start_batchrun(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "batchrun", *args],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def start_batchrun(args: list[str], env: dict[str, str], cwd: Path, log: Path | None = None) -> subprocess.Popen[bytes]:
+    with (log or Path(os.devnull)).open("ab") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "batchrun", *args, "--log-format", "json"],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+
+
+def acknowledged(log: Path) -> set[str]:
+    """Evals the killed process had logged as completed."""
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return {e["eval"] for e in events if e["event"] == "eval.completed"}
 
 
 def kill_pod(proc: subprocess.Popen[bytes], journal: Path) -> None:
@@ -57,13 +66,17 @@ def test_repeated_kills_complete_every_eval_exactly_once(s3_env: dict[str, str],
     args = ["run", "m", "set.txt", "--progress", progress, "--command", command, "--jobs", jobs]
     rng = random.Random(1234 + int(jobs))
     kills = 0
-    for _ in range(30):
-        proc = start_batchrun(args, s3_env, tmp_path)
+    for attempt in range(30):
+        log = tmp_path / f"stderr-{attempt}"
+        proc = start_batchrun(args, s3_env, tmp_path, log)
         try:
             code = proc.wait(timeout=rng.uniform(0.8, 2.0))
         except subprocess.TimeoutExpired:
             kill_pod(proc, journal)
             kills += 1
+            # Durable before acknowledged: whatever the dead process logged as completed is stored.
+            stored = open_store(progress).load()
+            assert all(stored.state(name) is EvalState.DONE for name in acknowledged(log))
             continue
         if code == 1:  # everything ran; only the failing eval is left
             break

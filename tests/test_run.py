@@ -7,6 +7,7 @@ import os
 import pty
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -247,3 +248,34 @@ def test_terminal_gets_readable_logs_and_a_progress_bar(workdir: Path) -> None:
     assert '{"' not in text
     assert "3/3" in text
     assert "ETA" in text
+
+
+def test_progress_file_is_updated_while_evals_run(workdir: Path) -> None:
+    """The progress file shows completed evals during a run, not only at its end."""
+    (workdir / "long.txt").write_text("\n".join(f"e{i}" for i in range(12)) + "\n")
+    journal = workdir / "journal"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "batchrun",
+            "run",
+            "m",
+            "long.txt",
+            "--command",
+            fake_command(journal, "--sleep", "0.5"),
+        ],
+        env=env_for(workdir),
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    progress = workdir / "progress" / "m.long.progress.txt"
+    seen: list[str] = []
+    while proc.poll() is None and len(seen) < 3:
+        seen = progress.read_text().splitlines() if progress.exists() else []
+        time.sleep(0.1)
+    still_running = proc.poll() is None
+    proc.wait(timeout=60)
+    assert still_running, "the run ended before its progress file showed three completions"
+    assert seen[:3] == ["e0", "e1", "e2"]
