@@ -1,6 +1,7 @@
 """What the progress store knows, as plain values: attempts, and the state of each eval derived
-from them. Every record is keyed by a unique attempt id, so folding the same record twice
-changes nothing; that is what lets loaders and compactors race safely.
+from them. Every record is keyed by a unique attempt id and records of one attempt merge by a
+fixed precedence, so folding records twice or in any order gives the same state; that is what
+lets loaders and compactors race safely.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ class Outcome(StrEnum):
 
     COMPLETED = "completed"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"  # stopped by a signal to batchrun; does not count as an attempt
+
+
+# Two records of one attempt: the stronger outcome wins, then the final one.
+_RANK = {None: 0, Outcome.INTERRUPTED: 1, Outcome.FAILED: 2, Outcome.COMPLETED: 3}
 
 
 class EvalState(StrEnum):
@@ -28,30 +34,51 @@ class EvalState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One run of one eval's command."""
+    """One run of one eval's command.
+
+    ``epoch`` counts `--retry-failed` rounds: only the newest epoch's attempts count toward
+    `--max-attempts`. ``final`` marks the failure after which no attempt is left.
+    """
 
     id: str
     eval: str
     number: int
     worker: str
     started_at: float
+    epoch: int = 0
     outcome: Outcome | None = None
     ended_at: float | None = None
     exit_code: int | None = None
+    final: bool = False
+    reason: str | None = None
     tail: tuple[str, ...] = ()
 
-    def finished(
-        self, outcome: Outcome, *, ended_at: float, exit_code: int | None, tail: tuple[str, ...] = ()
+    def finished(  # noqa: PLR0913 - every field of an attempt's end
+        self,
+        outcome: Outcome,
+        *,
+        ended_at: float,
+        exit_code: int | None,
+        final: bool = False,
+        reason: str | None = None,
+        tail: tuple[str, ...] = (),
     ) -> Attempt:
         """A copy of the attempt with its end recorded."""
-        return replace(self, outcome=outcome, ended_at=ended_at, exit_code=exit_code, tail=tail)
+        return replace(
+            self, outcome=outcome, ended_at=ended_at, exit_code=exit_code, final=final, reason=reason, tail=tail
+        )
+
+    @property
+    def counts(self) -> bool:
+        """Whether this attempt counts toward --max-attempts (interrupted ones don't)."""
+        return self.outcome is not Outcome.INTERRUPTED
 
     def to_json(self) -> dict[str, Any]:
         """A compact JSON object: fields that are unset are left out."""
         data = asdict(self)
         data["outcome"] = None if self.outcome is None else self.outcome.value
         data["tail"] = list(self.tail)
-        return {key: value for key, value in data.items() if value not in (None, [])}
+        return {key: value for key, value in data.items() if value not in (None, [], False) or key == "number"}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Attempt:
@@ -63,11 +90,18 @@ class Attempt:
             number=int(data["number"]),
             worker=str(data.get("worker", "")),
             started_at=float(data["started_at"]),
+            epoch=int(data.get("epoch", 0)),
             outcome=None if outcome is None else Outcome(outcome),
             ended_at=None if data.get("ended_at") is None else float(data["ended_at"]),
             exit_code=None if data.get("exit_code") is None else int(data["exit_code"]),
+            final=bool(data.get("final", False)),
+            reason=None if data.get("reason") is None else str(data["reason"]),
             tail=tuple(str(line) for line in data.get("tail", ())),
         )
+
+
+def _precedence(attempt: Attempt) -> tuple[int, bool]:
+    return _RANK[attempt.outcome], attempt.final
 
 
 @dataclass(slots=True)
@@ -77,10 +111,10 @@ class RunState:
     attempts: dict[str, dict[str, Attempt]] = field(default_factory=dict)
 
     def add(self, attempt: Attempt) -> None:
-        """Fold one record in; a finished record wins over the started one of the same attempt."""
+        """Fold one record in; of two records of one attempt the stronger one wins."""
         by_id = self.attempts.setdefault(attempt.eval, {})
         known = by_id.get(attempt.id)
-        if known is None or (known.outcome is None and attempt.outcome is not None):
+        if known is None or _precedence(attempt) > _precedence(known):
             by_id[attempt.id] = attempt
 
     def merge(self, attempts: Iterable[Attempt]) -> None:
@@ -94,20 +128,30 @@ class RunState:
 
     def of(self, eval_name: str) -> list[Attempt]:
         """The attempts of *eval_name*, oldest first."""
-        return sorted(self.attempts.get(eval_name, {}).values(), key=lambda a: (a.started_at, a.id))
+        return sorted(self.attempts.get(eval_name, {}).values(), key=lambda a: (a.number, a.started_at, a.id))
+
+    def epoch(self, eval_name: str) -> int:
+        """The newest --retry-failed round of *eval_name* (0 before any)."""
+        return max((a.epoch for a in self.attempts.get(eval_name, {}).values()), default=0)
+
+    def counted(self, eval_name: str) -> list[Attempt]:
+        """The attempts of the newest round that count toward --max-attempts, oldest first."""
+        epoch = self.epoch(eval_name)
+        return [a for a in self.of(eval_name) if a.epoch == epoch and a.counts]
 
     def state(self, eval_name: str) -> EvalState:
-        """Done once any attempt completed; failed if the last finished attempt failed."""
-        finished = [a for a in self.of(eval_name) if a.outcome is not None]
-        if any(a.outcome is Outcome.COMPLETED for a in finished):
+        """Done once any attempt completed; failed once the newest round gave up; else pending."""
+        by_id = self.attempts.get(eval_name, {})
+        if any(a.outcome is Outcome.COMPLETED for a in by_id.values()):
             return EvalState.DONE
-        if finished:
+        epoch = self.epoch(eval_name)
+        if any(a.final and a.epoch == epoch for a in by_id.values()):
             return EvalState.FAILED
         return EvalState.PENDING
 
     def next_number(self, eval_name: str) -> int:
         """The number the next attempt of *eval_name* gets, counting from 1."""
-        return max((a.number for a in self.of(eval_name)), default=0) + 1
+        return max((a.number for a in self.attempts.get(eval_name, {}).values()), default=0) + 1
 
     def completed_order(self) -> list[str]:
         """Completed evals in the order they completed (the progress file's lines)."""

@@ -4,8 +4,10 @@ and turns BatchrunError into one line on stderr and the error's exit code.
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
+import signal
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
@@ -15,6 +17,7 @@ import typer
 from batchrun import errors
 from batchrun._console import Console
 from batchrun._logging import LogFormat, configure_logging
+from batchrun._signals import StopRequest
 from batchrun.command import DEFAULT_COMMAND, CommandTemplate
 from batchrun.errors import BadInputError, BatchrunError, EvalSetError, ProgressLocationError
 from batchrun.evalset import EvalSet, load_eval_set
@@ -32,6 +35,18 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class StopSignal(enum.StrEnum):
+    """--stop-signal values."""
+
+    TERM = "TERM"
+    INT = "INT"
+    HUP = "HUP"
+    QUIT = "QUIT"
+    USR1 = "USR1"
+    USR2 = "USR2"
+
 
 ProgressOpt = Annotated[
     str | None,
@@ -118,14 +133,61 @@ def run(  # noqa: PLR0913 - one parameter per documented option
         bool, typer.Option("--fresh", envvar="BATCHRUN_FRESH", help="Forget this run's earlier progress first.")
     ] = False,
     registry_path: RegistryOpt = None,
+    max_attempts: Annotated[
+        int,
+        typer.Option(
+            "--max-attempts",
+            envvar="BATCHRUN_MAX_ATTEMPTS",
+            help="Attempts per eval in all, across pods, before it is recorded as failed.",
+        ),
+    ] = 3,
+    retry_backoff: Annotated[
+        float,
+        typer.Option(
+            "--retry-backoff",
+            envvar="BATCHRUN_RETRY_BACKOFF",
+            help="Seconds before the first retry; doubles per attempt, with jitter, up to 5 minutes.",
+        ),
+    ] = 5.0,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed", envvar="BATCHRUN_RETRY_FAILED", help="Give evals recorded as failed new attempts."
+        ),
+    ] = False,
+    eval_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--eval-timeout",
+            envvar="BATCHRUN_EVAL_TIMEOUT",
+            help="Stop an attempt that runs longer than this many seconds; it counts as failed.",
+            show_default=False,
+        ),
+    ] = None,
+    stop_signal: Annotated[
+        StopSignal,
+        typer.Option(
+            "--stop-signal",
+            envvar="BATCHRUN_STOP_SIGNAL",
+            help="Signal sent to running evals when batchrun stops (INT lets some tools save partial work).",
+        ),
+    ] = StopSignal.TERM,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace",
+            envvar="BATCHRUN_GRACE",
+            help="Seconds running evals get to exit after the stop signal before they are killed.",
+        ),
+    ] = 10.0,
     log_format: LogFormatOpt = LogFormat.AUTO,
 ) -> None:
     """Run every eval of EVAL_SET not yet recorded as completed, then exit."""
+    stop = StopRequest()
+    stop.install()  # from here on, SIGTERM/SIGINT stop in order instead of killing mid-write
     console = Console()
     configure_logging(console, log_format, terminal=sys.stderr.isatty())
-    if jobs < 1:
-        msg = f"--jobs must be at least 1, got {jobs}"
-        raise BadInputError(msg)
+    _check_numbers(jobs=jobs, max_attempts=max_attempts, retry_backoff=retry_backoff, grace=grace, timeout=eval_timeout)
     template = CommandTemplate.parse(command, tuple(extra_args or ()))
     options = _storage_options(storage_options)
     evals = load_eval_set(eval_set, registry_path or ())
@@ -135,8 +197,33 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     if fresh:
         store.reset()
     store.claim(RunIdentity(model, evals.name, template.text, template.extra_args, evals.evals))
-    summary = Runner(RunPlan(model, evals, template, jobs), store, console).run()
+    plan = RunPlan(
+        model,
+        evals,
+        template,
+        jobs=jobs,
+        max_attempts=max_attempts,
+        retry_backoff=retry_backoff,
+        retry_failed=retry_failed,
+        eval_timeout=eval_timeout,
+        stop_signal=signal.Signals[f"SIG{stop_signal.value}"],
+        grace=grace,
+    )
+    summary = Runner(plan, store, console, stop).run()
     raise typer.Exit(summary.exit_code)
+
+
+def _check_numbers(*, jobs: int, max_attempts: int, retry_backoff: float, grace: float, timeout: float | None) -> None:
+    problems = [
+        (jobs < 1, f"--jobs must be at least 1, got {jobs}"),
+        (max_attempts < 1, f"--max-attempts must be at least 1, got {max_attempts}"),
+        (retry_backoff < 0, f"--retry-backoff can't be negative, got {retry_backoff:g}"),
+        (grace < 0, f"--grace can't be negative, got {grace:g}"),
+        (timeout is not None and timeout <= 0, f"--eval-timeout must be positive, got {timeout}"),
+    ]
+    for bad, msg in problems:
+        if bad:
+            raise BadInputError(msg)
 
 
 def _locate(
@@ -218,6 +305,38 @@ def reset(  # noqa: PLR0913
             raise typer.Exit(errors.EXIT_BAD_INPUT)
     store.reset()
     typer.echo(f"deleted progress at {uri}")
+
+
+@app.command()
+@_fails_cleanly
+def logs(  # noqa: PLR0913
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    eval_set: Annotated[str, typer.Argument(help="Eval set (file, URL or name; with --progress, any name).")],
+    eval_name: Annotated[str, typer.Argument(metavar="EVAL", help="The eval whose output to print.")],
+    attempt: Annotated[
+        int | None,
+        # No BATCHRUN_ATTEMPT env var here: that name is what every eval receives.
+        typer.Option("--attempt", help="Attempt number (default: the latest).", show_default=False),
+    ] = None,
+    progress: ProgressOpt = None,
+    storage_options: StorageOpt = None,
+    registry_path: RegistryOpt = None,
+) -> None:
+    """Print the saved output of one attempt of an eval, even from a pod that is gone."""
+    store, _, _ = _locate(model, eval_set, progress, storage_options, registry_path or [])
+    numbers = store.logged_attempts(eval_name)
+    if attempt is None:
+        if not numbers:
+            msg = f"no saved output for eval {eval_name!r} at {store.location.uri}"
+            raise BadInputError(msg)
+        attempt = numbers[-1]
+    output = store.read_log(eval_name, attempt)
+    if output is None:
+        have = ", ".join(map(str, numbers)) or "none"
+        msg = f"no saved output for attempt {attempt} of eval {eval_name!r} (attempts with output: {have})"
+        raise BadInputError(msg)
+    sys.stdout.buffer.write(output)
+    sys.stdout.flush()
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ EXIT_OK = 0
 EXIT_EVAL_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_STORE = 3
+EXIT_SIGINT = 130  # 128 + SIGINT: stopped by Ctrl-C
+EXIT_SIGTERM = 143  # 128 + SIGTERM: stopped by Kubernetes (spot reclaim, eviction, deletion)
 
 
 class BatchrunError(Exception):

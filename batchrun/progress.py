@@ -7,6 +7,7 @@ Layout, for a progress URI ``P``::
     P.d/snapshot.json           every attempt folded so far; replaced only with If-Match
     P.d/events/W-NNNNNNNNN.json one create-only object per attempt start or end,
                                 W a writer's random id, N its sequence
+    P.d/logs/EVAL/N.log         the output of attempt N (EVAL percent-encoded)
 
 Recording costs one create-only PUT. Loading lists ``events/``, reads the events there, then
 the snapshot, in that order: an event deleted before we read it was folded into a snapshot
@@ -27,8 +28,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 
@@ -40,6 +42,7 @@ DEFAULT_PROGRESS = "/tmp/batchrun/{model}.{eval_set}.progress.txt"  # noqa: S108
 PROGRESS_FILENAME = "{model}.{eval_set}.progress.txt"
 _EVENT_NAME = re.compile(r"^[0-9a-f]{12}-[0-9]{9}\.json$")
 _COMPACT_TRIES = 20
+_TAIL_LINE_CHARS = 500
 
 log = structlog.get_logger("batchrun.progress")
 
@@ -144,6 +147,12 @@ class RunIdentity:
         )
 
 
+def encode_key(name: str) -> str:
+    """An eval name as one safe key segment: percent-encoded, with no leading dot."""
+    encoded = quote(name, safe="")
+    return "%2E" + encoded[1:] if encoded.startswith(".") else encoded
+
+
 def _shown(value: object) -> str:
     return " ".join(value) if isinstance(value, tuple) else str(value)
 
@@ -231,22 +240,56 @@ class ProgressStore:
 
     # --- recording ------------------------------------------------------------------------
 
-    def start(self, eval_name: str, number: int) -> Attempt:
+    def start(self, eval_name: str, number: int, epoch: int = 0) -> Attempt:
         """Record that an attempt starts; it counts even if the pod is lost before it ends."""
         with self._lock:
             self._attempts += 1
             attempt_id = f"{self.writer}-{self._attempts}"
-        attempt = Attempt(attempt_id, eval_name, number, self.worker, time.time())
+        attempt = Attempt(attempt_id, eval_name, number, self.worker, time.time(), epoch=epoch)
         self._put_event(attempt, durable=False)
         return attempt
 
-    def finish(self, attempt: Attempt, outcome: Outcome, exit_code: int | None, tail: tuple[str, ...] = ()) -> Attempt:
+    def finish(  # noqa: PLR0913 - every field of an attempt's end
+        self,
+        attempt: Attempt,
+        outcome: Outcome,
+        *,
+        exit_code: int | None,
+        final: bool = False,
+        reason: str | None = None,
+        tail: tuple[str, ...] = (),
+    ) -> Attempt:
         """Record an attempt's end durably; when this returns, the record survives a kill."""
-        ended = attempt.finished(outcome, ended_at=time.time(), exit_code=exit_code, tail=tail)
-        self._put_event(ended, durable=True)
+        ended = attempt.finished(
+            outcome, ended_at=time.time(), exit_code=exit_code, final=final, reason=reason, tail=tail
+        )
+        self.record(ended)
         return ended
 
+    def record(self, attempt: Attempt, *, durable: bool = True) -> None:
+        """Store one attempt record as it is (a start, an end, or a give-up on a lost attempt)."""
+        self._put_event(attempt, durable=durable)
+
+    def _log_path(self, eval_name: str, number: int) -> str:
+        return f"{self.location.sidecar}/logs/{encode_key(eval_name)}/{number}.log"
+
+    def save_log(self, eval_name: str, number: int, output: bytes) -> None:
+        """Keep an attempt's output beside the progress file, so it outlives the pod."""
+        self.backend.write(self._log_path(eval_name, number), output)
+
+    def read_log(self, eval_name: str, number: int) -> bytes | None:
+        """An attempt's saved output, or None if none was saved."""
+        blob = self.backend.read(self._log_path(eval_name, number))
+        return None if blob is None else blob.data
+
+    def logged_attempts(self, eval_name: str) -> list[int]:
+        """The attempt numbers of *eval_name* that have saved output, in order."""
+        names = self.backend.listdir(f"{self.location.sidecar}/logs/{encode_key(eval_name)}")
+        return sorted(int(n.removesuffix(".log")) for n in names if n.removesuffix(".log").isdigit())
+
     def _put_event(self, attempt: Attempt, *, durable: bool) -> None:
+        if attempt.tail:  # keep event objects small: the full output is in logs/
+            attempt = replace(attempt, tail=tuple(line[:_TAIL_LINE_CHARS] for line in attempt.tail))
         with self._lock:
             self._seq += 1
             name = f"{self.writer}-{self._seq:09d}.json"
@@ -312,7 +355,9 @@ class ProgressStore:
         if blob is not None:
             names = parse_progress_lines(blob.data.decode("utf-8", errors="replace"))
             state.merge(
-                Attempt(f"import-{i}", name, 0, "imported", 0.0, Outcome.COMPLETED, float(i), 0)
+                Attempt(
+                    f"import-{i}", name, 0, "imported", 0.0, outcome=Outcome.COMPLETED, ended_at=float(i), exit_code=0
+                )
                 for i, name in enumerate(names)
             )
         return state

@@ -1,20 +1,27 @@
-"""Running an eval set: which evals still need to run, how many at once, one subprocess each."""
+"""Running an eval set: which evals still need to run, how many at once, one subprocess per
+attempt, retries with backoff, and an orderly stop when a signal asks for one.
+"""
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import random
+import signal
 import subprocess
+import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import IO
 
 import structlog
 
 from batchrun._console import Console
-from batchrun._state import EvalState, Outcome, RunState
+from batchrun._signals import StopRequest
+from batchrun._state import Attempt, EvalState, Outcome, RunState
 from batchrun.command import CommandTemplate
 from batchrun.errors import EXIT_EVAL_FAILED, EXIT_OK
 from batchrun.evalset import EvalSet
@@ -22,6 +29,9 @@ from batchrun.progress import ProgressStore
 
 TAIL_LINES = 20
 COMPACT_EVERY_S = 2.0
+BACKOFF_CAP_S = 300.0
+LOG_LIMIT_BYTES = 64 * 2**20  # output kept per attempt; the rest is dropped with a note
+_SPOOL_BYTES = 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +42,12 @@ class RunPlan:
     eval_set: EvalSet
     template: CommandTemplate
     jobs: int = 1
+    max_attempts: int = 3
+    retry_backoff: float = 5.0
+    retry_failed: bool = False
+    eval_timeout: float | None = None
+    stop_signal: signal.Signals = signal.SIGTERM
+    grace: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,143 +58,367 @@ class RunSummary:
     done: int
     failed: tuple[str, ...]
     ran: int
+    stopped_by: int | None = None
 
     @property
     def exit_code(self) -> int:
-        """0 when every eval of the set is done, 1 when any failed."""
+        """128 + the signal that stopped the run; else 0 when every eval is done, 1 otherwise."""
+        if self.stopped_by is not None:
+            return 128 + self.stopped_by
         return EXIT_EVAL_FAILED if self.failed or self.done < self.total else EXIT_OK
+
+
+@dataclass(slots=True)
+class _Running:
+    """An attempt's process while it runs."""
+
+    proc: subprocess.Popen[bytes]
+    stopped: bool = False  # sent the stop signal because batchrun is stopping
+
+
+@dataclass(slots=True)
+class _Result:
+    exit_code: int
+    tail: tuple[str, ...]
+    output: bytes
+    interrupted: bool = False
+    timed_out: bool = False
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class _Output:
+    """An attempt's output: the last lines for the record, all of it (up to a limit) for the log."""
+
+    tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
+    spool: IO[bytes] = field(default_factory=lambda: tempfile.SpooledTemporaryFile(_SPOOL_BYTES))  # noqa: SIM115
+    size: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, line: bytes) -> None:
+        with self.lock:
+            self.tail.append(line.decode("utf-8", errors="replace").rstrip("\r\n"))
+            if self.size < LOG_LIMIT_BYTES:
+                self.spool.write(line)
+                self.size += len(line)
+                if self.size >= LOG_LIMIT_BYTES:
+                    self.spool.write(b"\n[batchrun: output beyond this point was not kept]\n")
+
+    def read(self) -> bytes:
+        with self.lock:
+            self.spool.seek(0)
+            data = self.spool.read()
+            self.spool.close()
+            return data
 
 
 class Runner:
     """Runs the evals of a plan that the store does not record as done, *jobs* at a time."""
 
-    def __init__(self, plan: RunPlan, store: ProgressStore, console: Console) -> None:
-        """Bind the plan to its store and to the console its output goes through."""
+    def __init__(self, plan: RunPlan, store: ProgressStore, console: Console, stop: StopRequest | None = None) -> None:
+        """Bind the plan to its store, the console its output goes through, and a stop request."""
         self.plan = plan
         self.store = store
         self.console = console
+        self.stop = stop or StopRequest()
         self.log = structlog.get_logger("batchrun").bind(
             model=plan.model, eval_set=plan.eval_set.name, worker=store.worker, progress=store.location.uri
         )
         self._lock = threading.Lock()
+        self._running: dict[str, _Running] = {}
+        self._state = RunState()
         self._done = 0
         self._failed: list[str] = []
+        self._ran = 0
+
+    # --- the run --------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
-        """Run what is missing; return when every started eval has ended."""
+        """Run what is missing; return when every started attempt has ended or been stopped."""
         evals = self.plan.eval_set.evals
-        state = self.store.load()
-        pending = [name for name in evals if state.state(name) is not EvalState.DONE]
-        self._done = len(evals) - len(pending)
-        self.log.info("run.started", total=len(evals), done=self._done, pending=len(pending), jobs=self.plan.jobs)
+        self._state = self.store.load()
+        queue: list[tuple[str, int]] = []
+        for name in evals:
+            state = self._state.state(name)
+            if state is EvalState.DONE:
+                self._done += 1
+            elif state is EvalState.FAILED and not self.plan.retry_failed:
+                self._failed.append(name)
+            else:
+                epoch = self._state.epoch(name) + (1 if state is EvalState.FAILED else 0)
+                queue.append((name, epoch))
+        self.log.info(
+            "run.started",
+            total=len(evals),
+            done=self._done,
+            failed=len(self._failed),
+            pending=len(queue),
+            jobs=self.plan.jobs,
+            max_attempts=self.plan.max_attempts,
+        )
         started = time.monotonic()
+        self.stop.on_stop(self._begin_stop)
         self.console.start_bar(done=self._done, total=len(evals))
         try:
             with self.store.compacting(every=COMPACT_EVERY_S):
-                self._run_all(pending, state)
+                try:
+                    self._run_queue(queue)
+                finally:
+                    self._kill_all()
         finally:
             self.console.stop_bar()
-        summary = RunSummary(total=len(evals), done=self._done, failed=tuple(self._failed), ran=len(pending))
-        self.log.info(
-            "run.finished",
-            total=summary.total,
-            done=summary.done,
-            failed=len(summary.failed),
-            ran=summary.ran,
-            duration_s=round(time.monotonic() - started, 3),
-            exit_code=summary.exit_code,
+        summary = RunSummary(
+            total=len(evals), done=self._done, failed=tuple(self._failed), ran=self._ran, stopped_by=self.stop.signum
         )
+        fields = {
+            "total": summary.total,
+            "done": summary.done,
+            "failed": len(summary.failed),
+            "ran": summary.ran,
+            "duration_s": round(time.monotonic() - started, 3),
+            "exit_code": summary.exit_code,
+        }
+        if summary.stopped_by is not None:
+            self.log.warning("run.interrupted", signal=signal.Signals(summary.stopped_by).name, **fields)
+        else:
+            self.log.info("run.finished", **fields)
         return summary
 
-    def _run_all(self, pending: list[str], state: RunState) -> None:
-        if self.plan.jobs == 1:
-            for name in pending:
-                self._run_eval(name, state.next_number(name))
-            return
+    def _run_queue(self, queue: list[tuple[str, int]]) -> None:
         with ThreadPoolExecutor(self.plan.jobs, thread_name_prefix="batchrun-eval") as pool:
-            futures = [pool.submit(self._run_eval, name, state.next_number(name)) for name in pending]
-            for future in futures:
-                future.result()
+            futures: list[Future[None]] = [pool.submit(self._run_eval, name, epoch) for name, epoch in queue]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                # A store that stopped answering (or a bug): stop the other evals the orderly way.
+                self.stop.request(self.plan.stop_signal)
+                for future in futures:
+                    future.cancel()
+                raise
 
-    def _run_eval(self, name: str, number: int) -> None:
-        plan = self.plan
-        attempt = self.store.start(name, number)
-        argv = plan.template.render(model=plan.model, eval_name=name, eval_set=plan.eval_set.name, attempt=number)
-        log = self.log.bind(eval=name, attempt=number)
-        log.info("eval.started", command=argv)
-        started = time.monotonic()
-        exit_code, tail = self._execute(argv, name, number)
-        duration = round(time.monotonic() - started, 3)
-        if exit_code == 0:
-            self.store.finish(attempt, Outcome.COMPLETED, exit_code)
+    # --- one eval -------------------------------------------------------------------------
+
+    def _run_eval(self, name: str, epoch: int) -> None:
+        """Attempts of one eval until it completes, gives up, or the run stops."""
+        while not self.stop.requested.is_set():
+            with self._lock:
+                counted = [a for a in self._state.of(name) if a.epoch == epoch and a.counts]
+                number = self._state.next_number(name)
+            if len(counted) >= self.plan.max_attempts:
+                self._give_up(name, counted)
+                return
+            attempt = self.store.start(name, number, epoch)
+            self._remember(attempt)
+            log = self.log.bind(eval=name, attempt=number)
+            argv = self.plan.template.render(
+                model=self.plan.model, eval_name=name, eval_set=self.plan.eval_set.name, attempt=number
+            )
+            log.info("eval.started", command=argv)
+            started = time.monotonic()
+            result = self._execute(attempt, argv)
+            duration = round(time.monotonic() - started, 3)
+            if result is None:  # the run is stopping: this attempt never started
+                self._remember(self.store.finish(attempt, Outcome.INTERRUPTED, exit_code=None, reason="stopping"))
+                return
+            with self._lock:
+                self._ran += 1
+            if result.output:
+                self.store.save_log(name, number, result.output)
+            if self._finish(attempt, result, len(counted) + 1, duration, log):
+                return
+            delay = self._backoff(len(counted) + 1)
+            log.info("eval.retry_scheduled", delay_s=round(delay, 2), attempts=len(counted) + 1)
+            if self.stop.requested.wait(delay):
+                return
+
+    def _finish(
+        self,
+        attempt: Attempt,
+        result: _Result,
+        attempts: int,
+        duration: float,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> bool:
+        """Record how an attempt ended; True when the eval needs no further attempt now."""
+        total = len(self.plan.eval_set.evals)
+        if result.interrupted:
+            self._remember(
+                self.store.finish(attempt, Outcome.INTERRUPTED, exit_code=result.exit_code, reason="stopped")
+            )
+            log.warning("eval.interrupted", exit_code=result.exit_code, duration_s=duration)
+            return True
+        if result.exit_code == 0 and not result.timed_out:
+            self._remember(self.store.finish(attempt, Outcome.COMPLETED, exit_code=0))
             with self._lock:
                 self._done += 1
                 done = self._done
-            log.info("eval.completed", exit_code=0, duration_s=duration, done=done, total=len(plan.eval_set.evals))
-        else:
-            self.store.finish(attempt, Outcome.FAILED, exit_code, tail)
-            with self._lock:
-                self._failed.append(name)
-                done = self._done
-            log.warning(
-                "eval.failed",
-                exit_code=exit_code,
-                duration_s=duration,
-                done=done,
-                total=len(plan.eval_set.evals),
-                last_output=list(tail[-5:]),
+            log.info("eval.completed", exit_code=0, duration_s=duration, done=done, total=total)
+            self.console.update_bar(done)
+            return True
+        final = attempts >= self.plan.max_attempts
+        self._remember(
+            self.store.finish(
+                attempt, Outcome.FAILED, exit_code=result.exit_code, final=final, reason=result.reason, tail=result.tail
             )
-        self.console.update_bar(done)
+        )
+        if final:
+            with self._lock:
+                self._failed.append(attempt.eval)
+        log.warning(
+            "eval.failed",
+            exit_code=result.exit_code,
+            reason=result.reason,
+            duration_s=duration,
+            attempts=attempts,
+            final=final,
+            done=self._done,
+            total=total,
+            last_output=list(result.tail[-5:]),
+        )
+        return final
 
-    def _execute(self, argv: list[str], name: str, number: int) -> tuple[int, tuple[str, ...]]:
-        """Run one command in its own process group; return its exit code and last output lines."""
+    def _give_up(self, name: str, counted: list[Attempt]) -> None:
+        """Record an eval as failed whose attempts are used up, e.g. by pods that died during it."""
+        latest = counted[-1]
+        if latest.outcome is None:
+            note = "attempt never finished: batchrun or its pod died during it (killed, OOM, node lost)"
+            record = latest.finished(
+                Outcome.FAILED, ended_at=time.time(), exit_code=None, final=True, reason="lost", tail=(note,)
+            )
+        else:
+            record = replace(latest, final=True)
+        self.store.record(record)
+        self._remember(record)
+        with self._lock:
+            self._failed.append(name)
+        self.log.warning(
+            "eval.failed",
+            eval=name,
+            attempt=latest.number,
+            exit_code=record.exit_code,
+            reason=record.reason,
+            attempts=len(counted),
+            final=True,
+        )
+
+    def _remember(self, attempt: Attempt) -> None:
+        with self._lock:
+            self._state.add(attempt)
+
+    def _backoff(self, attempts: int) -> float:
+        """Exponential backoff with jitter: about base * 2^(n-1), between half and all of it."""
+        ceiling = min(BACKOFF_CAP_S, self.plan.retry_backoff * 2 ** (attempts - 1))
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+
+    # --- processes ------------------------------------------------------------------------
+
+    def _execute(self, attempt: Attempt, argv: list[str]) -> _Result | None:
+        """Run one attempt in its own process group; None if the run began stopping first."""
         env = {
             **os.environ,
             "BATCHRUN_MODEL": self.plan.model,
             "BATCHRUN_EVAL_SET": self.plan.eval_set.name,
-            "BATCHRUN_EVAL": name,
-            "BATCHRUN_ATTEMPT": str(number),
+            "BATCHRUN_EVAL": attempt.eval,
+            "BATCHRUN_ATTEMPT": str(attempt.number),
             "BATCHRUN_PROGRESS": self.store.location.uri,
         }
+        with self._lock:  # no process starts once the stop has taken its list of running ones
+            if self.stop.requested.is_set():
+                return None
+            try:
+                proc = subprocess.Popen(  # noqa: S603 - argv list, never a shell
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=env,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                # 127/126 as a shell would say: not found / not executable.
+                code = 127 if isinstance(exc, FileNotFoundError) else 126
+                return _Result(code, (f"cannot start {argv[0]!r}: {exc.strerror or exc}",), b"", reason="spawn")
+            running = self._running[attempt.id] = _Running(proc)
+        output = _Output()
+        prefix = f"[{attempt.eval}] ".encode() if self.plan.jobs > 1 else b""
+        pumps = [
+            threading.Thread(target=self._pump, args=(stream, prefix, output, is_err), daemon=True)
+            for stream, is_err in ((proc.stdout, False), (proc.stderr, True))
+        ]
+        for pump in pumps:
+            pump.start()
+        timed_out = False
         try:
-            proc = subprocess.Popen(  # noqa: S603 - argv list, never a shell
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                start_new_session=True,
+            proc.wait(timeout=self.plan.eval_timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            self.log.warning(
+                "eval.timed_out", eval=attempt.eval, attempt=attempt.number, timeout_s=self.plan.eval_timeout
             )
-        except OSError as exc:
-            # 127/126 as a shell would say: not found / not executable.
-            code = 127 if isinstance(exc, FileNotFoundError) else 126
-            return code, (f"cannot start {argv[0]!r}: {exc.strerror or exc}",)
-        prefix = f"[{name}] ".encode() if self.plan.jobs > 1 else b""
-        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        assert proc.stdout is not None  # noqa: S101 - both pipes were asked for
-        assert proc.stderr is not None  # noqa: S101
-        err_pump = threading.Thread(target=self._pump, args=(proc.stderr, prefix, tail, True), daemon=True)
-        err_pump.start()
-        self._pump(proc.stdout, prefix, tail, stderr=False)
-        err_pump.join()
-        return proc.wait(), tuple(tail)
+            self._stop_group(proc, self.plan.grace)
+        _kill_group(proc.pid)  # whatever the eval left behind in its group goes with it
+        for pump in pumps:
+            pump.join()
+        with self._lock:
+            del self._running[attempt.id]
+        code = proc.returncode
+        tail = tuple(output.tail)
+        if timed_out:
+            tail = (*tail, f"batchrun: timed out after {self.plan.eval_timeout:g} s")
+        reason = "timeout" if timed_out else ("signal" if code < 0 else "exit")
+        return _Result(code, tail, output.read(), interrupted=running.stopped, timed_out=timed_out, reason=reason)
 
-    def _pump(self, stream: IO[bytes], prefix: bytes, tail: collections.deque[str], stderr: bool) -> None:  # noqa: FBT001 - Thread args are positional
+    def _pump(self, stream: IO[bytes] | None, prefix: bytes, output: _Output, is_err: bool) -> None:  # noqa: FBT001
+        assert stream is not None  # noqa: S101 - both pipes were asked for
         with stream:
             for line in iter(stream.readline, b""):
-                self.console.eval_line(line, stderr=stderr, prefix=prefix)
-                tail.append(line.decode("utf-8", errors="replace").rstrip("\n"))
+                self.console.eval_line(line, stderr=is_err, prefix=prefix)
+                output.add(line)
+
+    def _stop_group(self, proc: subprocess.Popen[bytes], grace: float) -> None:
+        """Send the stop signal, wait up to *grace* seconds (less after a second signal), then kill."""
+        _signal_group(proc.pid, self.plan.stop_signal)
+        deadline = time.monotonic() + grace
+        while proc.poll() is None and time.monotonic() < deadline and not self.stop.urgent.is_set():
+            self.stop.urgent.wait(0.05)
+        _kill_group(proc.pid)
+
+    def _begin_stop(self) -> None:
+        """First stop signal: start no new eval, and stop the running ones in the background."""
+        threading.Thread(target=self._stop_running, name="batchrun-stopper", daemon=True).start()
+
+    def _stop_running(self) -> None:
+        with self._lock:
+            running = [e for e in self._running.values() if e.proc.poll() is None]
+            for entry in running:
+                entry.stopped = True  # whatever it exits with now, it was interrupted
+        self.log.warning("run.stopping", signal=_signal_name(self.stop.signum), running=len(running))
+        for entry in running:
+            _signal_group(entry.proc.pid, self.plan.stop_signal)
+        deadline = time.monotonic() + self.plan.grace
+        while any(e.proc.poll() is None for e in running) and time.monotonic() < deadline:
+            if self.stop.urgent.wait(0.05):
+                break
+        for entry in running:
+            _kill_group(entry.proc.pid)
+
+    def _kill_all(self) -> None:
+        """No child outlives batchrun, whatever ended the run."""
+        with self._lock:
+            running = list(self._running.values())
+        for entry in running:
+            _kill_group(entry.proc.pid)
 
 
-def describe_exit(exit_code: int | None) -> str:
-    """'exit 3' or 'killed by SIGKILL' for a subprocess return code."""
-    if exit_code is None:
-        return "-"
-    if exit_code < 0:
-        import signal  # noqa: PLC0415
+def _signal_group(pgid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone already
+        os.killpg(pgid, signum)
 
-        try:
-            return f"killed by {signal.Signals(-exit_code).name}"
-        except ValueError:
-            return f"killed by signal {-exit_code}"
-    return f"exit {exit_code}"
+
+def _kill_group(pgid: int) -> None:
+    _signal_group(pgid, signal.SIGKILL)
+
+
+def _signal_name(signum: int | None) -> str | None:
+    return None if signum is None else signal.Signals(signum).name

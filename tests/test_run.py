@@ -49,22 +49,21 @@ def test_run_completes_every_eval_once_and_a_rerun_skips_them(workdir: Path) -> 
     assert (report["total"], report["done"], report["failed"], report["pending"]) == (3, 3, 0, 0)
 
 
-def test_failed_eval_exits_1_is_not_recorded_and_reruns(workdir: Path) -> None:
-    """A non-zero eval makes the run exit 1, stays out of the progress file, and runs again next time."""
+def test_failed_eval_exits_1_is_not_recorded_and_is_left_alone(workdir: Path) -> None:
+    """An eval out of attempts makes the run exit 1, stays out of the progress file, and is not rerun."""
     journal = workdir / "journal"
     env = env_for(workdir)
-    command = fake_command(journal, "--fail-until", "beta:2")
-    result = batchrun("run", "m", "set.yaml", "--command", command, env=env, cwd=workdir)
+    command = fake_command(journal, "--fail", "beta")
+    args = ["run", "m", "set.yaml", "--command", command, "--max-attempts", "1"]
+    result = batchrun(*args, env=env, cwd=workdir)
     assert result.returncode == 1
     assert progress_lines(workdir) == ["alpha", "gamma"]
     report = json.loads(batchrun("status", "m", "set.yaml", "--json", env=env, cwd=workdir).stdout)
     beta = next(e for e in report["evals"] if e["name"] == "beta")
-    assert (beta["state"], beta["attempts"], beta["exit_code"]) == ("failed", 1, 4)
+    assert (beta["state"], beta["attempts"], beta["exit_code"], beta["reason"]) == ("failed", 1, 3, "exit")
     assert sorted(beta["last_output"]) == ["fake eval beta attempt 1 env=beta", "to stderr: beta"]
-    again = batchrun("run", "m", "set.yaml", "--command", command, env=env, cwd=workdir)
-    assert again.returncode == 0
-    assert starts(journal) == Counter({"alpha": 1, "beta": 2, "gamma": 1})
-    assert progress_lines(workdir) == ["alpha", "gamma", "beta"]
+    assert batchrun(*args, env=env, cwd=workdir).returncode == 1
+    assert starts(journal) == Counter({"alpha": 1, "beta": 1, "gamma": 1})
 
 
 def test_eval_gets_its_environment_and_runs_without_a_shell(tmp_path: Path) -> None:
@@ -154,7 +153,20 @@ def test_status_from_the_progress_uri_alone(workdir: Path) -> None:
     """`status --progress URI` takes model, set and evals from the stored run identity."""
     journal = workdir / "journal"
     env = env_for(workdir)
-    batchrun("run", "m", "set.yaml", "--command", fake_command(journal, "--fail", "gamma"), env=env, cwd=workdir)
+    command = fake_command(journal, "--fail", "gamma")
+    batchrun(
+        "run",
+        "m",
+        "set.yaml",
+        "--command",
+        command,
+        "--max-attempts",
+        "2",
+        "--retry-backoff",
+        "0",
+        env=env,
+        cwd=workdir,
+    )
     uri = str(workdir / "progress" / "m.myset.progress.txt")
     result = batchrun("status", "--progress", uri, "--json", cwd=workdir)
     assert result.returncode == 0, result.stderr
@@ -171,7 +183,7 @@ def test_status_from_the_progress_uri_alone(workdir: Path) -> None:
     assert [(e["name"], e["state"], e["attempts"]) for e in report["evals"]] == [
         ("alpha", "done", 1),
         ("beta", "done", 1),
-        ("gamma", "failed", 1),
+        ("gamma", "failed", 2),
     ]
     table = batchrun("status", "--progress", uri, cwd=workdir).stdout
     assert "gamma" in table
@@ -196,7 +208,15 @@ def test_logs_are_json_events_with_flat_fields(workdir: Path) -> None:
     journal = workdir / "journal"
     env = env_for(workdir, OPENAI_API_KEY="sk-secret-value")
     result = batchrun(
-        "run", "m", "set.yaml", "--command", fake_command(journal, "--fail", "beta"), env=env, cwd=workdir
+        "run",
+        "m",
+        "set.yaml",
+        "--command",
+        fake_command(journal, "--fail", "beta"),
+        "--max-attempts",
+        "1",
+        env=env,
+        cwd=workdir,
     )
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     names = [e["event"] for e in events]
