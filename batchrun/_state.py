@@ -78,7 +78,8 @@ class Attempt:
         data = asdict(self)
         data["outcome"] = None if self.outcome is None else self.outcome.value
         data["tail"] = list(self.tail)
-        return {key: value for key, value in data.items() if value not in (None, [], False) or key == "number"}
+        defaults = {"epoch": 0, "final": False, "tail": []}
+        return {k: v for k, v in data.items() if v is not None and (k not in defaults or v != defaults[k])}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Attempt:

@@ -358,6 +358,7 @@ class Runner:
             )
             self._stop_group(proc, self.plan.grace)
         _kill_group(proc.pid)  # whatever the eval left behind in its group goes with it
+        proc.wait()
         for pump in pumps:
             pump.join()
         with self._lock:

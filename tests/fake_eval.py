@@ -1,11 +1,16 @@
 """A fake eval for tests: journals its start and end, sleeps, and fails when told to.
 
 Usage: fake_eval.py EVAL ATTEMPT --journal FILE [--sleep S] [--fail NAME]... [--fail-until NAME:N]...
+                    [--trap exit0|ignore] [--child]
 Exit 3 for a NAME given to --fail; for --fail-until, exit 4 while ATTEMPT < N.
+--trap journals SIGTERM/SIGINT and then exits 0 (as inspect-ai does after saving its log) or
+ignores them. --child starts a grandchild that sleeps and journals its pid.
 """
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 import time
 
@@ -16,6 +21,8 @@ parser.add_argument("--journal", required=True)
 parser.add_argument("--sleep", type=float, default=0.0)
 parser.add_argument("--fail", action="append", default=[])
 parser.add_argument("--fail-until", action="append", default=[])
+parser.add_argument("--trap", choices=["exit0", "ignore"])
+parser.add_argument("--child", action="store_true")
 args = parser.parse_args()
 
 
@@ -28,10 +35,27 @@ def journal(*words: object) -> None:
         os.close(fd)
 
 
+def on_signal(signum: int, _frame: object) -> None:
+    journal("signal", args.eval, signal.Signals(signum).name)
+    print(f"got {signal.Signals(signum).name}, saving partial results", flush=True)
+    if args.trap == "exit0":
+        journal("end", args.eval, 0)
+        sys.exit(0)
+
+
+if args.trap:
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
 journal("start", args.eval, args.attempt, os.getpid())
+if args.child:
+    grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    journal("child", args.eval, grandchild.pid)
 print(f"fake eval {args.eval} attempt {args.attempt} env={os.environ.get('BATCHRUN_EVAL')}", flush=True)
 print(f"to stderr: {args.eval}", file=sys.stderr, flush=True)
-time.sleep(args.sleep)
+deadline = time.monotonic() + args.sleep
+while time.monotonic() < deadline:  # short sleeps, so signal handlers run promptly
+    time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 code = 0
 if args.eval in args.fail:
     code = 3

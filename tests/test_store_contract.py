@@ -249,3 +249,27 @@ def test_reset_forgets_everything(progress_uri: str) -> None:
     assert not fresh.exists()
     assert fresh.identity() is None
     assert fresh.load().attempts == {}
+
+
+def test_attempt_records_round_trip_through_json() -> None:
+    """Every field of an attempt, zero exit codes and epochs included, survives to_json/from_json."""
+    from batchrun import Attempt
+
+    for attempt in [
+        Attempt("w-1", "e", 1, "host", 1.5, outcome=Outcome.COMPLETED, ended_at=2.0, exit_code=0),
+        Attempt(
+            "w-2",
+            "e",
+            2,
+            "host",
+            3.0,
+            epoch=1,
+            outcome=Outcome.FAILED,
+            exit_code=-9,
+            final=True,
+            reason="timeout",
+            tail=("x",),
+        ),
+        Attempt("w-3", "e", 0, "host", 0.0),
+    ]:
+        assert Attempt.from_json(attempt.to_json()) == attempt
