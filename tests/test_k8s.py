@@ -1,0 +1,140 @@
+"""The Kubernetes manifests: every overlay renders with kustomize, validates against the real
+schemas, and agrees with batchrun's own exit codes and grace period.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from batchrun import errors
+
+K8S = Path(__file__).parent.parent / "k8s"
+LAYOUTS = ["base", "overlays/eks-spot", "overlays/gke-spot", "overlays/s3-compatible"]
+VERSIONS = ["1.31.0", "1.37.0"]
+
+
+def render(layout: str) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is needed to render the manifests (.ci/run installs it)"
+    out = subprocess.run([kubectl, "kustomize", str(K8S / layout)], capture_output=True, text=True, check=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def job_of(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (job,) = [d for d in docs if d["kind"] == "Job"]
+    return job
+
+
+def env_of(job: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def validate(path: Path, version: str) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("kubernetes-validate")
+    assert tool, "kubernetes-validate is a test dependency"
+    return subprocess.run(
+        [tool, "--strict", "--quiet", "-k", version, str(path)], capture_output=True, text=True, check=False
+    )
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_renders_and_validates_strictly(layout: str, version: str, tmp_path: Path) -> None:
+    """`kubectl kustomize` renders the layout, and every resource passes strict schema validation."""
+    docs = render(layout)
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Job", "ServiceAccount"]
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(docs))
+    result = validate(rendered, version)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_strict_validation_rejects_a_misspelled_field(tmp_path: Path) -> None:
+    """The validation step would catch a typo in the Job (so the test above means something)."""
+    job = job_of(render("base"))
+    job["spec"]["template"]["spec"]["restartPolicyy"] = "Never"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(job))
+    assert validate(broken, VERSIONS[0]).returncode != 0
+
+
+def test_pod_failure_policy_uses_batchruns_exit_codes() -> None:
+    """Disruptions and exit 143 are ignored; exit 1 and 2 fail the Job at once, per errors.py."""
+    rules = job_of(render("base"))["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    by_action = {r["action"]: r["onExitCodes"] for r in rules[1:]}
+    assert by_action["FailJob"] == {
+        "containerName": "batchrun",
+        "operator": "In",
+        "values": [errors.EXIT_EVAL_FAILED, errors.EXIT_BAD_INPUT],
+    }
+    assert by_action["Ignore"]["values"] == [errors.EXIT_SIGTERM]
+    assert errors.EXIT_STORE not in by_action["FailJob"]["values"]  # an unreachable store may come back
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_job_stops_inside_its_termination_grace(layout: str) -> None:
+    """The pod's terminationGracePeriodSeconds exceeds batchrun's --grace plus the 2 s it needs to save progress."""
+    job = job_of(render(layout))
+    grace = float(env_of(job)["BATCHRUN_GRACE"])
+    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace + 2
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_job_is_hardened_and_wired(layout: str) -> None:
+    """Non-root, read-only root, no privileges, /tmp writable, eval set and API keys mounted, progress remote."""
+    docs = render(layout)
+    job = job_of(docs)
+    spec = job["spec"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert spec["podReplacementPolicy"] == "Failed"
+    assert {"backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"} <= set(spec)
+    assert pod["restartPolicy"] == "Never"
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container["securityContext"]
+    assert isinstance(security["runAsUser"], int)
+    assert security["runAsUser"] != 0
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert {"requests", "limits"} <= set(container["resources"])
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert volumes[mounts["/etc/batchrun"]]["configMap"]["name"] == configmap["metadata"]["name"]
+    assert "eval-set.yaml" in configmap["data"]
+    assert container["args"][2] == "/etc/batchrun/eval-set.yaml"
+    assert container["envFrom"] == [{"secretRef": {"name": "batchrun-api-keys"}}]
+    assert env_of(job)["BATCHRUN_PROGRESS"].startswith(("s3://", "gs://"))
+    service_account = next(d for d in docs if d["kind"] == "ServiceAccount")
+    assert service_account["automountServiceAccountToken"] is False
+
+
+def test_overlays_schedule_on_spot_with_workload_identity() -> None:
+    """EKS: spot affinity and an IRSA role; GKE: gke-spot and Workload Identity; S3-compatible: an endpoint."""
+    eks = render("overlays/eks-spot")
+    eks_terms = job_of(eks)["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    assert {t["matchExpressions"][0]["key"] for t in eks_terms} == {
+        "karpenter.sh/capacity-type",
+        "eks.amazonaws.com/capacityType",
+    }
+    eks_sa = next(d for d in eks if d["kind"] == "ServiceAccount")
+    assert "eks.amazonaws.com/role-arn" in eks_sa["metadata"]["annotations"]
+    gke = render("overlays/gke-spot")
+    assert job_of(gke)["spec"]["template"]["spec"]["nodeSelector"] == {"cloud.google.com/gke-spot": "true"}
+    gke_sa = next(d for d in gke if d["kind"] == "ServiceAccount")
+    assert "iam.gke.io/gcp-service-account" in gke_sa["metadata"]["annotations"]
+    assert env_of(job_of(gke))["BATCHRUN_PROGRESS"].startswith("gs://")
+    assert env_of(job_of(render("overlays/s3-compatible")))["AWS_ENDPOINT_URL"].startswith("http")
