@@ -5,14 +5,13 @@ and turns BatchrunError into one line on stderr and the error's exit code.
 from __future__ import annotations
 
 import enum
-import functools
 import json
 import signal
 import sys
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.exceptions import TyperException
 
 from batchrun import errors
 from batchrun._console import Console
@@ -33,8 +32,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class StopSignal(enum.StrEnum):
@@ -82,20 +79,6 @@ LogFormatOpt = Annotated[
 ]
 
 
-def _fails_cleanly(func: F) -> F:
-    """Print a BatchrunError as one line and exit with its code (no traceback)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: object, **kwargs: object) -> object:
-        try:
-            return func(*args, **kwargs)
-        except BatchrunError as exc:
-            typer.echo(f"batchrun: error: {exc}", err=True)
-            raise typer.Exit(exc.exit_code) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
 def _storage_options(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
@@ -111,12 +94,14 @@ def _storage_options(text: str | None) -> dict[str, Any]:
 
 
 @app.command()
-@_fails_cleanly
 def run(  # noqa: PLR0913 - one parameter per documented option
-    model: Annotated[str, typer.Argument(help="Model name, passed to the command as {model}.")],
-    eval_set: Annotated[str, typer.Argument(help="Eval-set file or URL (FILE#SET picks a set), or a set name.")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name, passed to the command as {model}.")],
+    eval_set: Annotated[
+        str, typer.Argument(metavar="EVAL_SET", help="Eval-set file or URL (FILE#SET picks a set), or a set name.")
+    ],
     extra_args: Annotated[
-        list[str] | None, typer.Argument(help="After --: appended to every eval's command.", show_default=False)
+        list[str] | None,
+        typer.Argument(metavar="EXTRA_ARGS", help="Appended to every eval's command.", show_default=False),
     ] = None,
     command: Annotated[
         str,
@@ -248,7 +233,6 @@ def _locate(
 
 
 @app.command()
-@_fails_cleanly
 def status(  # noqa: PLR0913
     model: Annotated[str | None, typer.Argument(help="Model name (optional with --progress).")] = None,
     eval_set: Annotated[str | None, typer.Argument(help="Eval set (optional with --progress).")] = None,
@@ -280,7 +264,6 @@ def status(  # noqa: PLR0913
 
 
 @app.command()
-@_fails_cleanly
 def reset(  # noqa: PLR0913
     model: Annotated[str | None, typer.Argument(help="Model name (optional with --progress).")] = None,
     eval_set: Annotated[str | None, typer.Argument(help="Eval set (optional with --progress).")] = None,
@@ -308,7 +291,6 @@ def reset(  # noqa: PLR0913
 
 
 @app.command()
-@_fails_cleanly
 def logs(  # noqa: PLR0913
     model: Annotated[str, typer.Argument(help="Model name.")],
     eval_set: Annotated[str, typer.Argument(help="Eval set (file, URL or name; with --progress, any name).")],
@@ -340,5 +322,19 @@ def logs(  # noqa: PLR0913
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="batchrun")
+    """Console-script entry point: every error becomes one line on stderr and its exit code."""
+    try:
+        result = app(prog_name="batchrun", standalone_mode=False)
+    except BatchrunError as exc:
+        _fail(str(exc), exc.exit_code)
+    except TyperException as exc:  # usage errors found by the parser: unknown option, missing argument
+        _fail(exc.format_message(), exc.exit_code)
+    except typer.Abort:  # Ctrl-C or end of input at a prompt
+        _fail("aborted", errors.EXIT_SIGINT)
+    raise SystemExit(result if isinstance(result, int) else errors.EXIT_OK)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    if message:  # an empty one follows help that was already printed
+        typer.echo(f"batchrun: error: {message}", err=True)
+    raise SystemExit(code)

@@ -84,6 +84,23 @@ CASES: dict[str, Case] = {
         r"program 'no-such-program-xyz' not found",
     ),
     "jobs 0": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--jobs", "0"], 2, r"--jobs must be at least 1, got 0"),
+    "max attempts 0": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--max-attempts", "0"], 2, r"--max-attempts must be at least 1"
+    ),
+    "negative grace": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--grace", "-1"], 2, r"--grace can't be negative"),
+    "negative backoff": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--retry-backoff", "-1"], 2, r"--retry-backoff can't be negative"
+    ),
+    "zero timeout": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--eval-timeout", "0"], 2, r"--eval-timeout must be positive"
+    ),
+    "unknown stop signal": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--stop-signal", "KILL"], 2, r"'KILL' is not one of 'TERM', 'INT'"
+    ),
+    "jobs not a number": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--jobs", "many"], 2, r"Invalid value for '--jobs'"),
+    "missing argument": Case({}, ["run", "m"], 2, r"Missing argument 'EVAL_SET'"),
+    "unknown option": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--bogus"], 2, r"No such option: --bogus"),
+    "unknown command": Case({}, ["runn"], 2, r"No such command 'runn'"),
     "run identity differs": Case(
         {GOOD: GOOD_SET},
         ["run", "m", GOOD, "--command", "touch other {eval}"],

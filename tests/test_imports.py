@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import batchrun
 
@@ -11,27 +12,32 @@ HEAVY = ("s3fs", "botocore", "aiobotocore", "aiohttp", "boto3", "fsspec")
 
 
 def modules_after(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return set(out.split())
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.splitlines()[-1].split())  # the last line lists the modules
 
 
 def test_cli_help_imports_no_storage_client() -> None:
     """Importing the CLI and rendering --help pulls in no storage library."""
     code = (
-        "import sys\nfrom batchrun.cli import app\n"
-        "try:\n    app(['--help'], prog_name='batchrun')\nexcept SystemExit:\n    pass\n"
-        "print(' '.join(sys.modules), file=sys.stderr if False else sys.stdout)"
+        "import sys\nfrom batchrun.cli import main\nsys.argv = ['batchrun', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\nprint(' '.join(sys.modules))"
     )
     loaded = modules_after(code)
     assert not {m for m in loaded if m.split(".")[0] in HEAVY}
 
 
-def test_local_status_imports_no_storage_client(tmp_path: object) -> None:
-    """`status` on a local progress file works without fsspec or s3fs."""
+def test_local_run_and_status_import_no_storage_client(tmp_path: Path) -> None:
+    """`run` and `status` on a local progress file work without fsspec, s3fs or botocore."""
+    (tmp_path / "s.txt").write_text("a\n")
     code = (
-        "import sys\nfrom batchrun.cli import app\n"
-        f"try:\n    app(['status', '--progress', '{tmp_path}/p.txt', '--json'], prog_name='batchrun')\n"
-        "except SystemExit:\n    pass\nprint(' '.join(sys.modules))"
+        "import sys\nfrom batchrun.cli import main\n"
+        f"sys.argv = ['batchrun', 'run', 'm', '{tmp_path}/s.txt', '--command', 'true',"
+        f" '--progress', '{tmp_path}/p.txt']\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    assert exit.code == 0, exit.code\n"
+        f"sys.argv = ['batchrun', 'status', '--progress', '{tmp_path}/p.txt', '--json']\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    assert exit.code == 0, exit.code\n"
+        "print(' '.join(sys.modules))"
     )
     loaded = modules_after(code)
     assert not {m for m in loaded if m.split(".")[0] in HEAVY}
