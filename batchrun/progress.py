@@ -27,7 +27,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 from urllib.parse import quote
@@ -35,6 +36,7 @@ from urllib.parse import quote
 import structlog
 
 from batchrun._backends import Backend, open_backend
+from batchrun._recorder import GroupCommit
 from batchrun._state import Attempt, Outcome, RunState
 from batchrun.errors import ConflictError, ProgressLocationError, RunIdentityError, StoreError
 
@@ -153,6 +155,13 @@ def encode_key(name: str) -> str:
     return "%2E" + encoded[1:] if encoded.startswith(".") else encoded
 
 
+def _trimmed(attempt: Attempt) -> Attempt:
+    """Keep event objects small: the full output is in logs/, the record keeps short last lines."""
+    if not any(len(line) > _TAIL_LINE_CHARS for line in attempt.tail):
+        return attempt
+    return replace(attempt, tail=tuple(line[:_TAIL_LINE_CHARS] for line in attempt.tail))
+
+
 def _shown(value: object) -> str:
     return " ".join(value) if isinstance(value, tuple) else str(value)
 
@@ -188,7 +197,8 @@ class ProgressStore:
         self._attempts = 0  # attempts started
         self._lock = threading.Lock()
         self._compact_lock = threading.Lock()
-        self._own: dict[str, Attempt] = {}  # events we wrote and have not yet seen deleted
+        self._own: dict[str, list[Attempt]] = {}  # events we wrote and have not yet seen deleted
+        self._recorder = GroupCommit(self._write_events)
         self._snapshot: tuple[str, RunState] | None = None  # last snapshot read, by tag
         self._dirty = False
 
@@ -246,7 +256,7 @@ class ProgressStore:
             self._attempts += 1
             attempt_id = f"{self.writer}-{self._attempts}"
         attempt = Attempt(attempt_id, eval_name, number, self.worker, time.time(), epoch=epoch)
-        self._put_event(attempt, durable=False)
+        self.record(attempt)
         return attempt
 
     def finish(  # noqa: PLR0913 - every field of an attempt's end
@@ -266,9 +276,29 @@ class ProgressStore:
         self.record(ended)
         return ended
 
-    def record(self, attempt: Attempt, *, durable: bool = True) -> None:
-        """Store one attempt record as it is (a start, an end, or a give-up on a lost attempt)."""
-        self._put_event(attempt, durable=durable)
+    def finish_later(  # noqa: PLR0913 - every field of an attempt's end
+        self,
+        attempt: Attempt,
+        outcome: Outcome,
+        *,
+        exit_code: int | None,
+        final: bool = False,
+        reason: str | None = None,
+        tail: tuple[str, ...] = (),
+    ) -> tuple[Attempt, Future[None]]:
+        """Queue an attempt's end; the future resolves once it is durable (acknowledge it only then)."""
+        ended = attempt.finished(
+            outcome, ended_at=time.time(), exit_code=exit_code, final=final, reason=reason, tail=tail
+        )
+        return ended, self._recorder.submit(_trimmed(ended), urgent=False)
+
+    def record(self, attempt: Attempt) -> None:
+        """Store one attempt record durably (a start, an end, or a give-up on a lost attempt)."""
+        self._recorder.submit(_trimmed(attempt), urgent=True).result()
+
+    def flush(self) -> None:
+        """Wait until every queued record is written."""
+        self._recorder.flush()
 
     def _log_path(self, eval_name: str, number: int) -> str:
         return f"{self.location.sidecar}/logs/{encode_key(eval_name)}/{number}.log"
@@ -287,16 +317,15 @@ class ProgressStore:
         names = self.backend.listdir(f"{self.location.sidecar}/logs/{encode_key(eval_name)}")
         return sorted(int(n.removesuffix(".log")) for n in names if n.removesuffix(".log").isdigit())
 
-    def _put_event(self, attempt: Attempt, *, durable: bool) -> None:
-        if attempt.tail:  # keep event objects small: the full output is in logs/
-            attempt = replace(attempt, tail=tuple(line[:_TAIL_LINE_CHARS] for line in attempt.tail))
+    def _write_events(self, attempts: Sequence[Attempt]) -> None:
+        """One create-only event object holding a batch of records, one JSON object per line."""
         with self._lock:
             self._seq += 1
             name = f"{self.writer}-{self._seq:09d}.json"
-        data = json.dumps(attempt.to_json(), separators=(",", ":")).encode()
-        self.backend.create(f"{self.location.events}/{name}", data, durable=durable)
+        data = "\n".join(json.dumps(a.to_json(), separators=(",", ":")) for a in attempts).encode()
+        self.backend.create(f"{self.location.events}/{name}", data, durable=True)
         with self._lock:
-            self._own[name] = attempt
+            self._own[name] = list(attempts)
             self._dirty = True
 
     # --- reading and compaction -----------------------------------------------------------
@@ -317,7 +346,7 @@ class ProgressStore:
     def _read_events(self, names: list[str]) -> list[Attempt]:
         with self._lock:
             own = {name: self._own[name] for name in names if name in self._own}
-        events = list(own.values())
+        events = [attempt for batch in own.values() for attempt in batch]
         for name in names:
             if name in own:
                 continue
@@ -325,7 +354,7 @@ class ProgressStore:
             if blob is None:
                 continue  # folded and deleted by a compactor since we listed it
             try:
-                events.append(Attempt.from_json(json.loads(blob.data)))
+                events.extend(Attempt.from_json(json.loads(line)) for line in blob.data.splitlines() if line)
             except (ValueError, KeyError, TypeError):
                 log.warning("progress.event_unreadable", event=name, progress=self.location.uri)
         return events
@@ -409,6 +438,7 @@ class ProgressStore:
         finally:
             stop.set()
             thread.join()
+            self.flush()
             self.compact()
 
     def exists(self) -> bool:

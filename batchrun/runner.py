@@ -4,22 +4,18 @@ attempt, retries with backoff, and an orderly stop when a signal asks for one.
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import os
 import random
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from typing import IO
+from dataclasses import dataclass, replace
 
 import structlog
 
 from batchrun._console import Console
+from batchrun._process import EvalProcess, Output
 from batchrun._signals import StopRequest
 from batchrun._state import Attempt, EvalState, Outcome, RunState
 from batchrun.command import CommandTemplate
@@ -27,11 +23,8 @@ from batchrun.errors import EXIT_EVAL_FAILED, EXIT_OK
 from batchrun.evalset import EvalSet
 from batchrun.progress import ProgressStore
 
-TAIL_LINES = 20
 COMPACT_EVERY_S = 2.0
 BACKOFF_CAP_S = 300.0
-LOG_LIMIT_BYTES = 64 * 2**20  # output kept per attempt; the rest is dropped with a note
-_SPOOL_BYTES = 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +65,7 @@ class RunSummary:
 class _Running:
     """An attempt's process while it runs."""
 
-    proc: subprocess.Popen[bytes]
+    process: EvalProcess
     stopped: bool = False  # sent the stop signal because batchrun is stopping
 
 
@@ -84,32 +77,6 @@ class _Result:
     interrupted: bool = False
     timed_out: bool = False
     reason: str | None = None
-
-
-@dataclass(slots=True)
-class _Output:
-    """An attempt's output: the last lines for the record, all of it (up to a limit) for the log."""
-
-    tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
-    spool: IO[bytes] = field(default_factory=lambda: tempfile.SpooledTemporaryFile(_SPOOL_BYTES))  # noqa: SIM115
-    size: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, line: bytes) -> None:
-        with self.lock:
-            self.tail.append(line.decode("utf-8", errors="replace").rstrip("\r\n"))
-            if self.size < LOG_LIMIT_BYTES:
-                self.spool.write(line)
-                self.size += len(line)
-                if self.size >= LOG_LIMIT_BYTES:
-                    self.spool.write(b"\n[batchrun: output beyond this point was not kept]\n")
-
-    def read(self) -> bytes:
-        with self.lock:
-            self.spool.seek(0)
-            data = self.spool.read()
-            self.spool.close()
-            return data
 
 
 class Runner:
@@ -130,6 +97,9 @@ class Runner:
         self._done = 0
         self._failed: list[str] = []
         self._ran = 0
+        self._acks = threading.Condition()
+        self._unacknowledged = 0
+        self._errors: list[BaseException] = []
 
     # --- the run --------------------------------------------------------------------------
 
@@ -163,6 +133,7 @@ class Runner:
             with self.store.compacting(every=COMPACT_EVERY_S):
                 try:
                     self._run_queue(queue)
+                    self._wait_for_acknowledgements()
                 finally:
                     self._kill_all()
         finally:
@@ -249,12 +220,12 @@ class Runner:
             log.warning("eval.interrupted", exit_code=result.exit_code, duration_s=duration)
             return True
         if result.exit_code == 0 and not result.timed_out:
-            self._remember(self.store.finish(attempt, Outcome.COMPLETED, exit_code=0))
-            with self._lock:
-                self._done += 1
-                done = self._done
-            log.info("eval.completed", exit_code=0, duration_s=duration, done=done, total=total)
-            self.console.update_bar(done)
+            # Written with the next attempt's start (group commit); acknowledged once durable.
+            ended, written = self.store.finish_later(attempt, Outcome.COMPLETED, exit_code=0)
+            self._remember(ended)
+            with self._acks:
+                self._unacknowledged += 1
+            written.add_done_callback(lambda future: self._acknowledge(future, log, duration))
             return True
         final = attempts >= self.plan.max_attempts
         self._remember(
@@ -277,6 +248,31 @@ class Runner:
             last_output=list(result.tail[-5:]),
         )
         return final
+
+    def _acknowledge(self, written: Future[None], log: structlog.typing.FilteringBoundLogger, duration: float) -> None:
+        """Log a completion once its record is durable; a write that failed stops the run."""
+        error = written.exception()
+        with self._lock:
+            if error is None:
+                self._done += 1
+            else:
+                self._errors.append(error)
+            done = self._done
+        if error is None:
+            log.info("eval.completed", exit_code=0, duration_s=duration, done=done, total=len(self.plan.eval_set.evals))
+            self.console.update_bar(done)
+        else:
+            self.stop.request(self.plan.stop_signal)
+        with self._acks:
+            self._unacknowledged -= 1
+            self._acks.notify_all()
+
+    def _wait_for_acknowledgements(self) -> None:
+        self.store.flush()
+        with self._acks:
+            self._acks.wait_for(lambda: self._unacknowledged == 0)
+        if self._errors:
+            raise self._errors[0]
 
     def _give_up(self, name: str, counted: list[Attempt]) -> None:
         """Record an eval as failed whose attempts are used up, e.g. by pods that died during it."""
@@ -327,63 +323,29 @@ class Runner:
             if self.stop.requested.is_set():
                 return None
             try:
-                proc = subprocess.Popen(  # noqa: S603 - argv list, never a shell
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    env=env,
-                    start_new_session=True,
-                )
+                process = EvalProcess(argv, env)
             except OSError as exc:
                 # 127/126 as a shell would say: not found / not executable.
                 code = 127 if isinstance(exc, FileNotFoundError) else 126
                 return _Result(code, (f"cannot start {argv[0]!r}: {exc.strerror or exc}",), b"", reason="spawn")
-            running = self._running[attempt.id] = _Running(proc)
-        output = _Output()
+            running = self._running[attempt.id] = _Running(process)
+        output = Output()
         prefix = f"[{attempt.eval}] ".encode() if self.plan.jobs > 1 else b""
-        pumps = [
-            threading.Thread(target=self._pump, args=(stream, prefix, output, is_err), daemon=True)
-            for stream, is_err in ((proc.stdout, False), (proc.stderr, True))
-        ]
-        for pump in pumps:
-            pump.start()
-        timed_out = False
-        try:
-            proc.wait(timeout=self.plan.eval_timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            self.log.warning(
-                "eval.timed_out", eval=attempt.eval, attempt=attempt.number, timeout_s=self.plan.eval_timeout
-            )
-            self._stop_group(proc, self.plan.grace)
-        _kill_group(proc.pid)  # whatever the eval left behind in its group goes with it
-        proc.wait()
-        for pump in pumps:
-            pump.join()
+        timeout = self.plan.eval_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        timed_out = not process.pump(self.console, prefix, output, deadline)
+        if timed_out:
+            self.log.warning("eval.timed_out", eval=attempt.eval, attempt=attempt.number, timeout_s=timeout)
+            process.stop(self.plan.stop_signal, self.plan.grace, self.stop.urgent)
+            process.pump(self.console, prefix, output, None)
+        code = process.reap()
         with self._lock:
             del self._running[attempt.id]
-        code = proc.returncode
         tail = tuple(output.tail)
         if timed_out:
-            tail = (*tail, f"batchrun: timed out after {self.plan.eval_timeout:g} s")
+            tail = (*tail, f"batchrun: timed out after {timeout:g} s")
         reason = "timeout" if timed_out else ("signal" if code < 0 else "exit")
         return _Result(code, tail, output.read(), interrupted=running.stopped, timed_out=timed_out, reason=reason)
-
-    def _pump(self, stream: IO[bytes] | None, prefix: bytes, output: _Output, is_err: bool) -> None:  # noqa: FBT001
-        assert stream is not None  # noqa: S101 - both pipes were asked for
-        with stream:
-            for line in iter(stream.readline, b""):
-                self.console.eval_line(line, stderr=is_err, prefix=prefix)
-                output.add(line)
-
-    def _stop_group(self, proc: subprocess.Popen[bytes], grace: float) -> None:
-        """Send the stop signal, wait up to *grace* seconds (less after a second signal), then kill."""
-        _signal_group(proc.pid, self.plan.stop_signal)
-        deadline = time.monotonic() + grace
-        while proc.poll() is None and time.monotonic() < deadline and not self.stop.urgent.is_set():
-            self.stop.urgent.wait(0.05)
-        _kill_group(proc.pid)
 
     def _begin_stop(self) -> None:
         """First stop signal: start no new eval, and stop the running ones in the background."""
@@ -391,34 +353,25 @@ class Runner:
 
     def _stop_running(self) -> None:
         with self._lock:
-            running = [e for e in self._running.values() if e.proc.poll() is None]
+            running = [e for e in self._running.values() if not e.process.exited()]
             for entry in running:
                 entry.stopped = True  # whatever it exits with now, it was interrupted
         self.log.warning("run.stopping", signal=_signal_name(self.stop.signum), running=len(running))
         for entry in running:
-            _signal_group(entry.proc.pid, self.plan.stop_signal)
+            entry.process.send(self.plan.stop_signal)
         deadline = time.monotonic() + self.plan.grace
-        while any(e.proc.poll() is None for e in running) and time.monotonic() < deadline:
+        while not all(e.process.exited() for e in running) and time.monotonic() < deadline:
             if self.stop.urgent.wait(0.05):
                 break
         for entry in running:
-            _kill_group(entry.proc.pid)
+            entry.process.send(signal.SIGKILL)
 
     def _kill_all(self) -> None:
         """No child outlives batchrun, whatever ended the run."""
         with self._lock:
             running = list(self._running.values())
         for entry in running:
-            _kill_group(entry.proc.pid)
-
-
-def _signal_group(pgid: int, signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone already
-        os.killpg(pgid, signum)
-
-
-def _kill_group(pgid: int) -> None:
-    _signal_group(pgid, signal.SIGKILL)
+            entry.process.send(signal.SIGKILL)
 
 
 def _signal_name(signum: int | None) -> str | None:

@@ -57,7 +57,7 @@ def measure(cmd: list[str], env: dict[str, str], cwd: Path, stderr: Path | None 
     with contextlib.ExitStack() as stack:
         err = stack.enter_context(stderr.open("wb")) if stderr else subprocess.DEVNULL
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)  # noqa: S603
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -83,7 +83,7 @@ def moto_server() -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen(  # noqa: S603
+    proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -92,7 +92,7 @@ def moto_server() -> Iterator[str]:
     deadline = time.monotonic() + 30
     while True:
         try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)  # noqa: S310 - loopback
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
             break
         except OSError:
             if time.monotonic() > deadline:
@@ -106,8 +106,8 @@ def moto_server() -> Iterator[str]:
 
 
 def reset_s3(url: str) -> None:
-    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"))  # noqa: S310
-    urllib.request.urlopen(urllib.request.Request(f"{url}/{BUCKET}", method="PUT"))  # noqa: S310
+    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"))
+    urllib.request.urlopen(urllib.request.Request(f"{url}/{BUCKET}", method="PUT"))
 
 
 # --- the contenders ---------------------------------------------------------------------------
@@ -151,7 +151,9 @@ class Bench:
     def floor_cmd(self, kind: str, names: Path, done: str, command: list[str], jobs: int = 1) -> list[str]:
         return [sys.executable, str(FLOOR), kind, str(names), done, "--jobs", str(jobs), "--", *command]
 
-    def alternate(self, contenders: dict[str, Callable[[], Sample]], runs: int | None = None) -> dict[str, list[Sample]]:
+    def alternate(
+        self, contenders: dict[str, Callable[[], Sample]], runs: int | None = None
+    ) -> dict[str, list[Sample]]:
         results: dict[str, list[Sample]] = {name: [] for name in contenders}
         for _ in range(runs or self.runs):
             for name, run in contenders.items():
@@ -175,7 +177,18 @@ class Bench:
         parallel = shutil.which("parallel")
         if parallel:
             contenders["parallel"] = lambda: measure(
-                [parallel, "--joblog", str(self.fresh() / "joblog"), "--resume", "-j", "1", "true", "{}", "::::", str(names)],
+                [
+                    parallel,
+                    "--joblog",
+                    str(self.fresh() / "joblog"),
+                    "--resume",
+                    "-j",
+                    "1",
+                    "true",
+                    "{}",
+                    "::::",
+                    str(names),
+                ],
                 self.env,
                 self.work,
             )
@@ -186,7 +199,9 @@ class Bench:
             contenders["oaievalset"] = oaievalset
         results = self.alternate(contenders)
         b = median(results["batchrun"])
-        rows = [ratio_row(f"{count} no-op evals, local, --jobs 1", b, "floor loop", median(results["floor"]), "<= 1.5x")]
+        rows = [
+            ratio_row(f"{count} no-op evals, local, --jobs 1", b, "floor loop", median(results["floor"]), "<= 1.5x")
+        ]
         if "parallel" in results:
             p = median(results["parallel"])
             rows.append(Row(rows[0].scenario, f"{b:.2f} s", "GNU parallel --joblog", f"{p:.2f} s",
@@ -198,7 +213,7 @@ class Bench:
         return rows
 
     def oaievalset(self, count: int) -> Callable[[], Sample] | None:
-        """oaievalset over a registry of *count* evals, with a stub `oaieval` that only exits 0."""
+        """Run oaievalset over a registry of *count* evals, with a stub `oaieval` that only exits 0."""
         if importlib.util.find_spec("evals") is None:
             self.notes.append("openai/evals not installed (`pip install evals`): the oaievalset baseline skipped.")
             return None
@@ -218,11 +233,19 @@ class Bench:
         (stub / "oaieval").write_text("#!/bin/sh\nexit 0\n")
         (stub / "oaieval").chmod(0o755)
         env = {**self.env, "PATH": f"{stub}:{self.env['PATH']}"}
-        progress = Path(f"/tmp/oaievalset/bench.bench-{count}.progress.txt")  # noqa: S108 - oaievalset's fixed path
+        progress = Path(f"/tmp/oaievalset/bench.bench-{count}.progress.txt")
 
         def run() -> Sample:
             progress.unlink(missing_ok=True)
-            cmd = [sys.executable, "-m", "evals.cli.oaievalset", "bench", f"bench-{count}", "--registry_path", str(registry)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "evals.cli.oaievalset",
+                "bench",
+                f"bench-{count}",
+                "--registry_path",
+                str(registry),
+            ]
             return measure(cmd, env, self.work)
 
         return run
@@ -239,8 +262,8 @@ class Bench:
             return measure(self.floor_cmd("s3", names, f"s3://{BUCKET}/done", ["true"]), self.env, self.work)
 
         results = self.alternate({"batchrun": batchrun, "floor": floor})
-        return [ratio_row(f"{count} no-op evals, S3 (moto)", median(results["batchrun"]), "floor loop, one PUT per eval",
-                          median(results["floor"]), "<= 1.5x")]  # fmt: skip
+        ours, theirs = median(results["batchrun"]), median(results["floor"])
+        return [ratio_row(f"{count} no-op evals, S3 (moto)", ours, "floor loop, one PUT per eval", theirs, "<= 1.5x")]
 
     def s3_large(self, count: int, window: int, runs: int) -> tuple[list[Row], float]:
         names = self.names(count)
@@ -281,7 +304,9 @@ class Bench:
                     self.batchrun_cmd(names, str(self.fresh() / "p.txt"), command, jobs=jobs), self.env, self.work
                 ),
                 "floor": lambda: measure(
-                    self.floor_cmd("local", names, str(self.fresh() / "done.txt"), ["sh", "-c", f"{command}", "x"], jobs),
+                    self.floor_cmd(
+                        "local", names, str(self.fresh() / "done.txt"), ["sh", "-c", f"{command}", "x"], jobs
+                    ),
                     self.env,
                     self.work,
                 ),
@@ -318,7 +343,9 @@ class Bench:
 
 def ratio_row(scenario: str, ours: float, baseline: str, theirs: float, target: str) -> Row:
     limit = float(target.removeprefix("<= ").removesuffix("x"))
-    return Row(scenario, f"{ours:.2f} s", baseline, f"{theirs:.2f} s", f"{ours / theirs:.2f}x", target, ours / theirs <= limit)
+    return Row(
+        scenario, f"{ours:.2f} s", baseline, f"{theirs:.2f} s", f"{ours / theirs:.2f}x", target, ours / theirs <= limit
+    )
 
 
 def table(rows: list[Row]) -> str:

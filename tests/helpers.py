@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -61,3 +64,21 @@ def journal_entries(journal: Path) -> list[list[str]]:
     if not journal.exists():
         return []
     return [line.split() for line in journal.read_text().splitlines() if line.strip()]
+
+
+def is_fake_eval(pid: int, journal: Path) -> bool:
+    """Whether *pid* is still a live fake eval of this test (pids are reused: check before killing)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z" and b"fake_eval.py" in cmdline and str(journal).encode() in cmdline
+
+
+def kill_fake_evals(journal: Path) -> None:
+    """SIGKILL the process groups of this test's fake evals that still run (as a lost node would)."""
+    for entry in journal_entries(journal):
+        if entry[0] == "start" and is_fake_eval(int(entry[3]), journal):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(entry[3]), signal.SIGKILL)

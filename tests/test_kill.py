@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from helpers import BUCKET, batchrun, fake_command, journal_entries, open_store
+from helpers import BUCKET, batchrun, fake_command, journal_entries, kill_fake_evals, open_store
 
 from batchrun import EvalState
 
@@ -42,13 +41,10 @@ def acknowledged(log: Path) -> set[str]:
 
 
 def kill_pod(proc: subprocess.Popen[bytes], journal: Path) -> None:
-    """What a lost node does: batchrun and every eval it started die at once, with no signal handled."""
+    """Kill batchrun and every eval it started at once, with no signal handled, as a lost node does."""
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    for entry in journal_entries(journal):
-        if entry[0] == "start":
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(int(entry[3]), signal.SIGKILL)
+    kill_fake_evals(journal)
 
 
 def read_progress(key: str) -> list[str]:

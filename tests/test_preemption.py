@@ -12,20 +12,21 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import BUCKET, batchrun, fake_command, journal_entries
+from helpers import BUCKET, batchrun, fake_command, journal_entries, kill_fake_evals
 
 pytestmark = pytest.mark.slow
 
 PROGRESS = f"s3://{BUCKET}/runs/m.s.progress.txt"
 
 
-def alive(pid: int) -> bool:
-    """Whether *pid* is a live (not zombie) process."""
+def alive(pid: int, marker: bytes = b"fake_eval.py") -> bool:
+    """Whether *pid* is a live (not zombie) process whose command line holds *marker*."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return stat.rsplit(")", 1)[1].split()[0] != "Z" and marker in cmdline
 
 
 def start(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -78,7 +79,8 @@ def test_sigterm_stops_the_eval_exits_143_and_a_restart_completes_it(evalset: Pa
     elapsed = time.monotonic() - signalled_at
     assert proc.returncode == 143, stderr
     assert elapsed <= 3 + 2, f"took {elapsed:.1f} s from SIGTERM to exit"
-    assert not any(alive(pid) for pid in leaders + grandchildren)
+    assert not any(alive(pid) for pid in leaders)
+    assert not any(alive(pid, b"time.sleep(600)") for pid in grandchildren)
     log = events(stderr)
     assert log[-1]["event"] == "run.interrupted"
     assert log[-1]["signal"] == "SIGTERM"
@@ -167,14 +169,14 @@ def test_eval_that_always_kills_its_pod_ends_failed_after_max_attempts(evalset: 
         assert entry[1:3] == ["first", str(kill + 1)]
         proc.kill()  # the node is gone: no signal handler runs
         proc.communicate()
-        subprocess.run(["kill", "-9", f"-{entry[3]}"], check=False)
+        kill_fake_evals(journal)
     # The fourth pod gives up on "first" at once and runs the others (quickly this time).
     proc = start(evalset, s3_env, "--command", command, "--max-attempts", "3", "--retry-backoff", "0")
     entries = wait_for(journal, "start", 4)
     assert entries[3][1] == "second"
     proc.kill()
     proc.communicate()
-    subprocess.run(["kill", "-9", f"-{entries[3][3]}"], check=False)
+    kill_fake_evals(journal)
     report = status(evalset, s3_env)
     assert (report["first"]["state"], report["first"]["attempts"], report["first"]["reason"]) == ("failed", 3, "lost")
 

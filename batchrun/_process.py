@@ -1,0 +1,184 @@
+"""One attempt's process: started in its own session and process group, its output pumped line by
+line to the console (and kept for the attempt's log) from the calling thread, stopped as a group.
+
+Process ids are reused (32,768 of them on many machines), so the group is only ever signalled
+while its leader is not yet reaped: until then the kernel keeps the id ours. Reaping happens in
+one place, :meth:`EvalProcess.reap`, under the same lock as signalling.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+from batchrun._console import Console
+
+TAIL_LINES = 20
+LOG_LIMIT_BYTES = 64 * 2**20  # output kept per attempt; the rest is dropped with a note
+_SPOOL_BYTES = 2**20
+_READ_BYTES = 2**16
+_POLL_S = 0.05
+_EXITED = "exited"
+
+
+@dataclass(slots=True)
+class Output:
+    """An attempt's output: the last lines for the record, all of it (up to a limit) for the log."""
+
+    tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
+    spool: IO[bytes] = field(default_factory=lambda: tempfile.SpooledTemporaryFile(_SPOOL_BYTES))  # noqa: SIM115
+    size: int = 0
+
+    def add(self, line: bytes) -> None:
+        """Keep one line."""
+        self.tail.append(line.decode("utf-8", errors="replace").rstrip("\r\n"))
+        if self.size < LOG_LIMIT_BYTES:
+            self.spool.write(line)
+            self.size += len(line)
+            if self.size >= LOG_LIMIT_BYTES:
+                self.spool.write(b"\n[batchrun: output beyond this point was not kept]\n")
+
+    def read(self) -> bytes:
+        """Everything kept, once."""
+        self.spool.seek(0)
+        data = self.spool.read()
+        self.spool.close()
+        return data
+
+
+class EvalProcess:
+    """A command run in a new session (so its own process group), stdin closed, output piped."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        """Start *argv*, never through a shell; raises OSError if it can't be started."""
+        self.proc = subprocess.Popen(  # noqa: S603 - argv list, never a shell
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+        self._lock = threading.Lock()
+        self._reaped = False
+
+    def exited(self) -> bool:
+        """Whether the leader has exited (without reaping it)."""
+        with self._lock:
+            if self._reaped:
+                return True
+            return os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+    def send(self, signum: signal.Signals) -> None:
+        """Send *signum* to the whole group, unless it is gone."""
+        with self._lock:
+            if not self._reaped:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signum)
+
+    def stop(self, signum: signal.Signals, grace: float, hurry: threading.Event) -> None:
+        """Send *signum*, wait up to *grace* seconds for the leader (less once *hurry* is set), kill the group."""
+        self.send(signum)
+        deadline = time.monotonic() + grace
+        while not self.exited() and time.monotonic() < deadline:
+            if hurry.wait(_POLL_S):
+                break
+        self.send(signal.SIGKILL)
+
+    def reap(self) -> int:
+        """Kill what is left of the group (the leader too, if it still runs), then collect its status."""
+        self.send(signal.SIGKILL)
+        with self._lock:
+            code = self.proc.wait()
+            self._reaped = True
+        return code
+
+    def pump(self, console: Console, prefix: bytes, output: Output, deadline: float | None) -> bool:
+        """Copy stdout and stderr to the console until the leader has exited and both pipes closed;
+        False if *deadline* (a time.monotonic() value) passed first.
+
+        When the leader exits, the rest of its group is killed: a helper it started would
+        otherwise hold the pipes open, and outlive batchrun.
+        """
+        with selectors.DefaultSelector() as selector, _exit_watch(self.proc) as exit_fd:
+            return _Pump(self, console, prefix, output, selector, exit_fd).run(deadline)
+
+
+class _Pump:
+    """The state of one pump: the selector, unfinished lines, whether the leader exited."""
+
+    def __init__(  # noqa: PLR0913, PLR0917 - one pump's whole context
+        self,
+        process: EvalProcess,
+        console: Console,
+        prefix: bytes,
+        output: Output,
+        selector: selectors.BaseSelector,
+        exit_fd: int | None,
+    ) -> None:
+        self.process, self.console, self.prefix, self.output = process, console, prefix, output
+        self.selector, self.exit_fd = selector, exit_fd
+        self.partial = {False: b"", True: b""}
+        self.exited = False
+        for stream, is_err in ((process.proc.stdout, False), (process.proc.stderr, True)):
+            if stream is not None and not stream.closed:
+                selector.register(stream, selectors.EVENT_READ, is_err)
+        if exit_fd is not None:
+            selector.register(exit_fd, selectors.EVENT_READ, _EXITED)
+
+    def run(self, deadline: float | None) -> bool:
+        while not self.exited or any(key.data is not _EXITED for key in self.selector.get_map().values()):
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                return False
+            if self.exit_fd is None and not self.exited:  # no pidfd: look at the leader now and then
+                wait = _POLL_S if wait is None else min(wait, _POLL_S)
+            for key, _ in self.selector.select(wait):
+                if key.data is _EXITED:
+                    self.selector.unregister(key.fileobj)
+                    self._on_exit()
+                else:
+                    self._read(key)
+            if self.exit_fd is None and not self.exited and self.process.exited():
+                self._on_exit()
+        return True
+
+    def _on_exit(self) -> None:
+        self.exited = True
+        self.process.send(signal.SIGKILL)  # the leader is not reaped yet: the group id is still ours
+
+    def _read(self, key: selectors.SelectorKey) -> None:
+        is_err = bool(key.data)
+        chunk = os.read(key.fd, _READ_BYTES)
+        if not chunk:
+            self.selector.unregister(key.fileobj)
+            key.fileobj.close()  # type: ignore[union-attr]
+            chunk = b"\n" if self.partial[is_err] else b""
+        *lines, self.partial[is_err] = (self.partial[is_err] + chunk).split(b"\n")
+        for line in lines:
+            self.console.eval_line(line + b"\n", stderr=is_err, prefix=self.prefix)
+            self.output.add(line + b"\n")
+
+
+@contextlib.contextmanager
+def _exit_watch(proc: subprocess.Popen[bytes]) -> Iterator[int | None]:
+    """A pidfd that becomes readable when *proc* exits (Linux 5.3+), else None."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
