@@ -252,12 +252,17 @@ class ProgressStore:
 
     def start(self, eval_name: str, number: int, epoch: int = 0) -> Attempt:
         """Record that an attempt starts; it counts even if the pod is lost before it ends."""
+        attempt, written = self.start_later(eval_name, number, epoch)
+        written.result()
+        return attempt
+
+    def start_later(self, eval_name: str, number: int, epoch: int = 0) -> tuple[Attempt, Future[None]]:
+        """Write an attempt's start now, without waiting: the caller may launch the process meanwhile."""
         with self._lock:
             self._attempts += 1
             attempt_id = f"{self.writer}-{self._attempts}"
         attempt = Attempt(attempt_id, eval_name, number, self.worker, time.time(), epoch=epoch)
-        self.record(attempt)
-        return attempt
+        return attempt, self._recorder.submit(attempt, urgent=True)
 
     def finish(  # noqa: PLR0913 - every field of an attempt's end
         self,

@@ -179,7 +179,9 @@ class Runner:
             if len(counted) >= self.plan.max_attempts:
                 self._give_up(name, counted)
                 return
-            attempt = self.store.start(name, number, epoch)
+            # The start record is written while the process launches (a few ms at most): a pod lost
+            # in between loses the count of this one attempt, nothing else.
+            attempt, start_written = self.store.start_later(name, number, epoch)
             self._remember(attempt)
             log = self.log.bind(eval=name, attempt=number)
             argv = self.plan.template.render(
@@ -189,6 +191,7 @@ class Runner:
             started = time.monotonic()
             result = self._execute(attempt, argv)
             duration = round(time.monotonic() - started, 3)
+            start_written.result()  # a store that failed to take the start fails the run here
             if result is None:  # the run is stopping: this attempt never started
                 self._remember(self.store.finish(attempt, Outcome.INTERRUPTED, exit_code=None, reason="stopping"))
                 return
