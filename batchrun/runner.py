@@ -179,9 +179,10 @@ class Runner:
             if len(counted) >= self.plan.max_attempts:
                 self._give_up(name, counted)
                 return
-            # The start record is written while the process launches (a few ms at most): a pod lost
-            # in between loses the count of this one attempt, nothing else.
+            # The start record is written while the process launches (one store write at most): a
+            # pod lost in between loses the count of this one attempt, nothing else.
             attempt, start_written = self.store.start_later(name, number, epoch)
+            start_written.add_done_callback(self._check_written)
             self._remember(attempt)
             log = self.log.bind(eval=name, attempt=number)
             argv = self.plan.template.render(
@@ -191,7 +192,6 @@ class Runner:
             started = time.monotonic()
             result = self._execute(attempt, argv)
             duration = round(time.monotonic() - started, 3)
-            start_written.result()  # a store that failed to take the start fails the run here
             if result is None:  # the run is stopping: this attempt never started
                 self._remember(self.store.finish(attempt, Outcome.INTERRUPTED, exit_code=None, reason="stopping"))
                 return
@@ -269,6 +269,14 @@ class Runner:
         with self._acks:
             self._unacknowledged -= 1
             self._acks.notify_all()
+
+    def _check_written(self, written: Future[None]) -> None:
+        """A record the store failed to take stops the run (and fails it, with exit 3)."""
+        error = written.exception()
+        if error is not None:
+            with self._lock:
+                self._errors.append(error)
+            self.stop.request(self.plan.stop_signal)
 
     def _wait_for_acknowledgements(self) -> None:
         self.store.flush()
