@@ -254,18 +254,14 @@ class Runner:
 
     def _acknowledge(self, written: Future[None], log: structlog.typing.FilteringBoundLogger, duration: float) -> None:
         """Log a completion once its record is durable; a write that failed stops the run."""
-        error = written.exception()
-        with self._lock:
-            if error is None:
+        if written.exception() is None:
+            with self._lock:
                 self._done += 1
-            else:
-                self._errors.append(error)
-            done = self._done
-        if error is None:
+                done = self._done
             log.info("eval.completed", exit_code=0, duration_s=duration, done=done, total=len(self.plan.eval_set.evals))
             self.console.update_bar(done)
         else:
-            self.stop.request(self.plan.stop_signal)
+            self._check_written(written)
         with self._acks:
             self._unacknowledged -= 1
             self._acks.notify_all()
