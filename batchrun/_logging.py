@@ -18,6 +18,17 @@ class LogFormat(enum.StrEnum):
     CONSOLE = "console"
 
 
+_RUN_FIELDS = ("model", "eval_set", "progress", "worker")
+
+
+def _drop_run_fields(_logger: object, _method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """On a terminal, say the run's fields once (run.* events), not on every eval's line."""
+    if not str(event.get("event", "")).startswith("run."):
+        for key in _RUN_FIELDS:
+            event.pop(key, None)
+    return event
+
+
 def configure_logging(console: Console, fmt: LogFormat = LogFormat.AUTO, *, terminal: bool) -> None:
     """Send structlog events through *console*; JSON unless *fmt* is console or stderr is a tty."""
     use_json = fmt is LogFormat.JSON or (fmt is LogFormat.AUTO and not terminal)
@@ -26,10 +37,12 @@ def configure_logging(console: Console, fmt: LogFormat = LogFormat.AUTO, *, term
         if use_json
         else structlog.dev.ConsoleRenderer(colors=terminal, exception_formatter=structlog.dev.plain_traceback)
     )
+    terse: list[structlog.typing.Processor] = [] if use_json else [_drop_run_fields]
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *terse,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
