@@ -281,25 +281,15 @@ class ProgressStore:
         self.record(ended)
         return ended
 
-    def finish_later(  # noqa: PLR0913 - every field of an attempt's end
-        self,
-        attempt: Attempt,
-        outcome: Outcome,
-        *,
-        exit_code: int | None,
-        final: bool = False,
-        reason: str | None = None,
-        tail: tuple[str, ...] = (),
-    ) -> tuple[Attempt, Future[None]]:
-        """Queue an attempt's end; the future resolves once it is durable (acknowledge it only then)."""
-        ended = attempt.finished(
-            outcome, ended_at=time.time(), exit_code=exit_code, final=final, reason=reason, tail=tail
-        )
-        return ended, self._recorder.submit(_trimmed(ended), urgent=False)
-
     def record(self, attempt: Attempt) -> None:
         """Store one attempt record durably (a start, an end, or a give-up on a lost attempt)."""
         self._recorder.submit(_trimmed(attempt), urgent=True).result()
+
+    def record_later(self, attempt: Attempt) -> Future[None]:
+        """Queue a record to go out with the next write; the future resolves once it is durable
+        (acknowledge what it records only then).
+        """
+        return self._recorder.submit(_trimmed(attempt), urgent=False)
 
     def flush(self) -> None:
         """Wait until every queued record is written."""

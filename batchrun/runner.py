@@ -224,7 +224,8 @@ class Runner:
             return True
         if result.exit_code == 0 and not result.timed_out:
             # Written with the next attempt's start (group commit); acknowledged once durable.
-            ended, written = self.store.finish_later(attempt, Outcome.COMPLETED, exit_code=0)
+            ended = attempt.finished(Outcome.COMPLETED, ended_at=time.time(), exit_code=0)
+            written = self.store.record_later(ended)
             self._remember(ended)
             with self._acks:
                 self._unacknowledged += 1
