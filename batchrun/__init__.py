@@ -18,7 +18,8 @@ from batchrun.errors import (
     StoreError,
 )
 from batchrun.evalset import EvalSet, load_eval_set
-from batchrun.progress import ProgressLocation, ProgressStore, RunIdentity, resolve_location
+from batchrun.location import ProgressLocation, resolve_location
+from batchrun.progress import ProgressStore, RunIdentity
 from batchrun.runner import Runner, RunPlan, RunSummary
 
 __version__ = "0.1.0"

@@ -20,7 +20,8 @@ from batchrun._signals import StopRequest
 from batchrun.command import DEFAULT_COMMAND, CommandTemplate
 from batchrun.errors import BadInputError, BatchrunError, EvalSetError, ProgressLocationError
 from batchrun.evalset import EvalSet, load_eval_set
-from batchrun.progress import ProgressStore, RunIdentity, resolve_location
+from batchrun.location import resolve_location
+from batchrun.progress import ProgressStore, RunIdentity
 from batchrun.runner import Runner, RunPlan
 from batchrun.status import build_report, dumps
 

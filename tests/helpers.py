@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from batchrun.progress import ProgressStore, resolve_location
+from batchrun.location import resolve_location
+from batchrun.progress import ProgressStore
 
 TESTS = Path(__file__).parent
 FAKE_EVAL = TESTS / "fake_eval.py"
