@@ -27,6 +27,7 @@ class GroupCommit(Generic[T]):
         self._linger = linger
         self._cond = threading.Condition()
         self._queue: list[tuple[T, Future[None]]] = []
+        self._writing: list[tuple[T, Future[None]]] = []  # the batch being written now
         self._urgent = False
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -47,9 +48,11 @@ class GroupCommit(Generic[T]):
         return future
 
     def flush(self) -> None:
-        """Write everything queued now and wait for it (errors stay on the items' futures)."""
+        """Write everything queued now and wait for it, and for the batch being written (errors stay
+        on the items' futures).
+        """
         with self._cond:
-            pending = [future for _, future in self._queue]
+            pending = [future for _, future in self._writing + self._queue]
             self._urgent = True
             self._cond.notify_all()
         for future in pending:
@@ -74,6 +77,7 @@ class GroupCommit(Generic[T]):
                 if not self._urgent:
                     self._cond.wait_for(lambda: self._urgent, timeout=self._linger)
                 batch, self._queue, self._urgent = self._queue, [], False
+                self._writing = batch
             try:
                 self._write([item for item, _ in batch])
             except BaseException as exc:  # noqa: BLE001 - handed to every waiter of the batch
@@ -82,3 +86,5 @@ class GroupCommit(Generic[T]):
             else:
                 for _, future in batch:
                     future.set_result(None)
+            with self._cond:
+                self._writing = []
