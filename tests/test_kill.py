@@ -58,7 +58,8 @@ def test_repeated_kills_complete_every_eval_exactly_once(s3_env: dict[str, str],
     (tmp_path / "set.txt").write_text("\n".join(EVALS) + "\n")
     journal = tmp_path / "journal"
     progress = f"s3://{BUCKET}/runs/m.set.progress.txt"
-    command = fake_command(journal, "--sleep", "0.3", "--fail", "eval-05")
+    sleep = "0.3" if jobs == "1" else "0.8"  # with 3 at once, longer evals so that kills still land mid-run
+    command = fake_command(journal, "--sleep", sleep, "--fail", "eval-05")
     args = ["run", "m", "set.txt", "--progress", progress, "--command", command, "--jobs", jobs]
     args += ["--max-attempts", "6", "--retry-backoff", "0"]  # kills count as attempts: leave room for them
     rng = random.Random(1234 + int(jobs))
