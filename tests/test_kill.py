@@ -58,18 +58,24 @@ def test_repeated_kills_complete_every_eval_exactly_once(s3_env: dict[str, str],
     (tmp_path / "set.txt").write_text("\n".join(EVALS) + "\n")
     journal = tmp_path / "journal"
     progress = f"s3://{BUCKET}/runs/m.set.progress.txt"
-    sleep = "0.3" if jobs == "1" else "0.8"  # with 3 at once, longer evals so that kills still land mid-run
-    command = fake_command(journal, "--sleep", sleep, "--fail", "eval-05")
+    command = fake_command(journal, "--sleep", "0.3", "--fail", "eval-05")
     args = ["run", "m", "set.txt", "--progress", progress, "--command", command, "--jobs", jobs]
-    args += ["--max-attempts", "6", "--retry-backoff", "0"]  # kills count as attempts: leave room for them
+    args += ["--max-attempts", "10", "--retry-backoff", "0"]  # kills count as attempts: leave room for them
     rng = random.Random(1234 + int(jobs))
     kills = 0
     for attempt in range(30):
         log = tmp_path / f"stderr-{attempt}"
         proc = start_batchrun(args, s3_env, tmp_path, log)
-        try:
-            code = proc.wait(timeout=rng.uniform(0.8, 2.0))
-        except subprocess.TimeoutExpired:
+        # Kill after one to three more evals ended, plus up to 0.3 s: between evals or during one.
+        target = sum(1 for e in journal_entries(journal) if e[0] == "end") + rng.randint(1, 3)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if sum(1 for e in journal_entries(journal) if e[0] == "end") >= target:
+                time.sleep(rng.uniform(0, 0.3))
+                break
+            time.sleep(0.02)
+        code = proc.poll()
+        if code is None:
             kill_pod(proc, journal)
             kills += 1
             # Durable before acknowledged: whatever the dead process logged as completed is stored.
