@@ -6,6 +6,7 @@ lets loaders and compactors race safely.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -57,13 +58,14 @@ class Attempt:
         self,
         outcome: Outcome,
         *,
-        ended_at: float,
         exit_code: int | None,
         final: bool = False,
         reason: str | None = None,
         tail: tuple[str, ...] = (),
+        ended_at: float | None = None,
     ) -> Attempt:
-        """A copy of the attempt with its end recorded."""
+        """A copy of the attempt with its end recorded (at *ended_at*, by default now)."""
+        ended_at = time.time() if ended_at is None else ended_at
         return replace(
             self, outcome=outcome, ended_at=ended_at, exit_code=exit_code, final=final, reason=reason, tail=tail
         )

@@ -199,23 +199,6 @@ class ProgressStore:
         attempt = Attempt(attempt_id, eval_name, number, self.worker, time.time(), epoch=epoch)
         return attempt, self._recorder.submit(attempt, urgent=True)
 
-    def finish(  # noqa: PLR0913 - every field of an attempt's end
-        self,
-        attempt: Attempt,
-        outcome: Outcome,
-        *,
-        exit_code: int | None,
-        final: bool = False,
-        reason: str | None = None,
-        tail: tuple[str, ...] = (),
-    ) -> Attempt:
-        """Record an attempt's end durably; when this returns, the record survives a kill."""
-        ended = attempt.finished(
-            outcome, ended_at=time.time(), exit_code=exit_code, final=final, reason=reason, tail=tail
-        )
-        self.record(ended)
-        return ended
-
     def record(self, attempt: Attempt) -> None:
         """Store one attempt record durably (a start, an end, or a give-up on a lost attempt)."""
         self._recorder.submit(_trimmed(attempt), urgent=True).result()

@@ -193,7 +193,7 @@ class Runner:
             result = self._execute(attempt, argv)
             duration = round(time.monotonic() - started, 3)
             if result is None:  # the run is stopping: this attempt never started
-                self._remember(self.store.finish(attempt, Outcome.INTERRUPTED, exit_code=None, reason="stopping"))
+                self._record(attempt.finished(Outcome.INTERRUPTED, exit_code=None, reason="stopping"))
                 return
             with self._lock:
                 self._ran += 1
@@ -217,14 +217,12 @@ class Runner:
         """Record how an attempt ended; True when the eval needs no further attempt now."""
         total = len(self.plan.eval_set.evals)
         if result.interrupted:
-            self._remember(
-                self.store.finish(attempt, Outcome.INTERRUPTED, exit_code=result.exit_code, reason="stopped")
-            )
+            self._record(attempt.finished(Outcome.INTERRUPTED, exit_code=result.exit_code, reason="stopped"))
             log.warning("eval.interrupted", exit_code=result.exit_code, duration_s=duration)
             return True
         if result.exit_code == 0 and not result.timed_out:
             # Written with the next attempt's start (group commit); acknowledged once durable.
-            ended = attempt.finished(Outcome.COMPLETED, ended_at=time.time(), exit_code=0)
+            ended = attempt.finished(Outcome.COMPLETED, exit_code=0)
             written = self.store.record_later(ended)
             self._remember(ended)
             with self._acks:
@@ -232,9 +230,9 @@ class Runner:
             written.add_done_callback(lambda future: self._acknowledge(future, log, duration))
             return True
         final = attempts >= self.plan.max_attempts
-        self._remember(
-            self.store.finish(
-                attempt, Outcome.FAILED, exit_code=result.exit_code, final=final, reason=result.reason, tail=result.tail
+        self._record(
+            attempt.finished(
+                Outcome.FAILED, exit_code=result.exit_code, final=final, reason=result.reason, tail=result.tail
             )
         )
         if final:
@@ -287,13 +285,10 @@ class Runner:
         latest = counted[-1]
         if latest.outcome is None:
             note = "attempt never finished: batchrun or its pod died during it (killed, OOM, node lost)"
-            record = latest.finished(
-                Outcome.FAILED, ended_at=time.time(), exit_code=None, final=True, reason="lost", tail=(note,)
-            )
+            record = latest.finished(Outcome.FAILED, exit_code=None, final=True, reason="lost", tail=(note,))
         else:
             record = replace(latest, final=True)
-        self.store.record(record)
-        self._remember(record)
+        self._record(record)
         with self._lock:
             self._failed.append(name)
         self.log.warning(
@@ -305,6 +300,11 @@ class Runner:
             attempts=len(counted),
             final=True,
         )
+
+    def _record(self, attempt: Attempt) -> None:
+        """Store a record durably, then count it in this run's state."""
+        self.store.record(attempt)
+        self._remember(attempt)
 
     def _remember(self, attempt: Attempt) -> None:
         with self._lock:

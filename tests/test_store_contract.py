@@ -16,7 +16,7 @@ from batchrun.progress import ProgressStore
 
 def complete(store: ProgressStore, name: str) -> None:
     attempt = store.start(name, 1)
-    store.finish(attempt, Outcome.COMPLETED, exit_code=0)
+    store.record(attempt.finished(Outcome.COMPLETED, exit_code=0))
 
 
 class CountingBackend:
@@ -52,7 +52,7 @@ def test_completions_survive_a_new_store_instance(progress_uri: str) -> None:
 def test_failed_attempt_is_never_completed(progress_uri: str) -> None:
     """A failed attempt leaves the eval failed, not done, and out of the progress file."""
     store = open_store(progress_uri)
-    store.finish(store.start("bad", 1), Outcome.FAILED, exit_code=3, final=True, tail=("boom",))
+    store.record(store.start("bad", 1).finished(Outcome.FAILED, exit_code=3, final=True, tail=("boom",)))
     complete(store, "good")
     store.compact()
     state = open_store(progress_uri).load()
