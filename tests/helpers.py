@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from batchrun.location import resolve_location
 from batchrun.progress import ProgressStore
@@ -83,3 +86,15 @@ def kill_fake_evals(journal: Path) -> None:
         if entry[0] == "start" and is_fake_eval(int(entry[3]), journal):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(int(entry[3]), signal.SIGKILL)
+
+
+def system_tool(name: str, why: str) -> str:
+    """The path of a machine tool the test needs: skipped where it is missing, except in CI
+    (CI=true), where .ci/run installs it and a missing one is a failure.
+    """
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing in CI: {why}")
+        pytest.skip(f"{name} is not installed ({why}; .ci/run installs it)")
+    return path

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import fake_command, journal_entries
+from helpers import fake_command, journal_entries, system_tool
 
 ROOT = Path(__file__).parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -45,9 +45,9 @@ def test_dockerfile_runs_batchrun_under_tini_as_a_numeric_user() -> None:
 
 def _pid1(argv: list[str], tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
     """Start *argv* as PID 1 of a new PID namespace; return unshare and the host pid of that PID 1."""
-    unshare = shutil.which("unshare")
-    if unshare is None or os.geteuid() != 0:
-        pytest.skip("needs root and util-linux unshare for a PID namespace")
+    if os.geteuid() != 0:
+        pytest.skip("a new PID namespace needs root")
+    unshare = system_tool("unshare", "a new PID namespace, util-linux")
     proc = subprocess.Popen(
         [unshare, "--pid", "--fork", "--mount-proc", *argv],
         cwd=tmp_path,
@@ -87,8 +87,7 @@ def test_pid1_stops_in_order_on_sigterm(tmp_path: Path, under_tini: bool) -> Non
     journal = tmp_path / "journal"
     argv = [sys.executable, "-m", "batchrun", *_run_args(tmp_path, journal)]
     if under_tini:
-        tini = shutil.which("tini")
-        assert tini, "tini is installed by .ci/run (Debian package tini), as in the image"
+        tini = system_tool("tini", "the image's PID 1, Debian package tini")
         argv = [tini, "-g", "--", *argv]
     proc, pid1 = _pid1(argv, tmp_path, dict(os.environ))
     _wait_started(journal)

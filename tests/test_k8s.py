@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import system_tool
 
 from batchrun import errors
 
@@ -20,8 +21,7 @@ VERSIONS = ["1.31.0", "1.37.0"]
 
 
 def render(layout: str) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl is needed to render the manifests (.ci/run installs it)"
+    kubectl = system_tool("kubectl", "renders the manifests with kustomize")
     out = subprocess.run([kubectl, "kustomize", str(K8S / layout)], capture_output=True, text=True, check=True).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
