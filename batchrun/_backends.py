@@ -211,12 +211,14 @@ class FsspecBackend:
         blob = self.read(path)
         return None if blob is None else blob.tag
 
-    def create(self, path: str, data: bytes, *, durable: bool) -> None:  # noqa: ARG002
+    def create(self, path: str, data: bytes, *, durable: bool) -> None:  # noqa: ARG002 - a PUT is durable
         with _translated(self, "create", path):
             try:
                 self.fs.pipe_file(path, data, mode="create")
             except FileExistsError:
                 self._check_own_write(path, data)
+            except FileNotFoundError as exc:  # a missing bucket, on object stores
+                raise _no_bucket(self, path) from exc
 
     def replace(self, path: str, data: bytes, expect: str | None) -> str:
         with self._lock:
@@ -229,12 +231,15 @@ class FsspecBackend:
 
     def write(self, path: str, data: bytes) -> None:
         with _translated(self, "write", path):
-            self.fs.pipe_file(path, data)
+            try:
+                self.fs.pipe_file(path, data)
+            except FileNotFoundError as exc:
+                raise _no_bucket(self, path) from exc
 
     def listdir(self, folder: str) -> list[str]:
         with _translated(self, "list", folder):
             try:
-                entries = self.fs.ls(folder, detail=False)
+                entries = self.fs.ls(folder, detail=False, refresh=True)  # never a cached listing
             except FileNotFoundError:
                 return []
         names = (str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries)
@@ -290,15 +295,6 @@ class S3Backend(FsspecBackend):
             except FileNotFoundError:
                 return None
 
-    def create(self, path: str, data: bytes, *, durable: bool) -> None:  # noqa: ARG002 - S3 PUTs are durable
-        with _translated(self, "create", path):
-            try:
-                self.fs.pipe_file(path, data, mode="create")
-            except FileExistsError:
-                self._check_own_write(path, data)
-            except FileNotFoundError as exc:
-                raise _no_bucket(self, path) from exc
-
     def replace(self, path: str, data: bytes, expect: str | None) -> str:
         with _translated(self, "replace", path):
             try:
@@ -319,22 +315,6 @@ class S3Backend(FsspecBackend):
                     return current.tag
                 raise ConflictError(f"{path} changed since it was read") from exc
         return str(out["ETag"])
-
-    def write(self, path: str, data: bytes) -> None:
-        with _translated(self, "write", path):
-            try:
-                self.fs.pipe_file(path, data)
-            except FileNotFoundError as exc:
-                raise _no_bucket(self, path) from exc
-
-    def listdir(self, folder: str) -> list[str]:
-        with _translated(self, "list", folder):
-            try:
-                entries = self.fs.ls(folder, detail=False, refresh=True)
-            except FileNotFoundError:
-                return []
-        names = (str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries)
-        return [name for name in names if name and not name.startswith(".")]
 
     def delete(self, paths: list[str]) -> None:
         if paths:

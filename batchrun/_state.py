@@ -152,9 +152,8 @@ class RunState:
         """The newest --retry-failed round of *eval_name* (0 before any)."""
         return max((a.epoch for a in self.attempts.get(eval_name, {}).values()), default=0)
 
-    def counted(self, eval_name: str) -> list[Attempt]:
-        """The attempts of the newest round that count toward --max-attempts, oldest first."""
-        epoch = self.epoch(eval_name)
+    def counted(self, eval_name: str, epoch: int) -> list[Attempt]:
+        """The attempts of round *epoch* that count toward --max-attempts, oldest first."""
         return [a for a in self.of(eval_name) if a.epoch == epoch and a.counts]
 
     def state(self, eval_name: str) -> EvalState:

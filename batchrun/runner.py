@@ -174,7 +174,7 @@ class Runner:
         """Attempts of one eval until it completes, gives up, or the run stops."""
         while not self.stop.requested.is_set():
             with self._lock:
-                counted = [a for a in self._state.of(name) if a.epoch == epoch and a.counts]
+                counted = self._state.counted(name, epoch)
                 number = self._state.next_number(name)
             if len(counted) >= self.plan.max_attempts:
                 self._give_up(name, counted)
