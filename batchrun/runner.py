@@ -100,6 +100,13 @@ class Runner:
         self._acks = threading.Condition()
         self._unacknowledged = 0
         self._errors: list[BaseException] = []
+        # What every eval's environment shares, read once (os.environ decodes on every access).
+        self._env = {
+            **os.environ,
+            "BATCHRUN_MODEL": plan.model,
+            "BATCHRUN_EVAL_SET": plan.eval_set.name,
+            "BATCHRUN_PROGRESS": store.location.uri,
+        }
 
     # --- the run --------------------------------------------------------------------------
 
@@ -319,14 +326,7 @@ class Runner:
 
     def _execute(self, attempt: Attempt, argv: list[str]) -> _Result | None:
         """Run one attempt in its own process group; None if the run began stopping first."""
-        env = {
-            **os.environ,
-            "BATCHRUN_MODEL": self.plan.model,
-            "BATCHRUN_EVAL_SET": self.plan.eval_set.name,
-            "BATCHRUN_EVAL": attempt.eval,
-            "BATCHRUN_ATTEMPT": str(attempt.number),
-            "BATCHRUN_PROGRESS": self.store.location.uri,
-        }
+        env = {**self._env, "BATCHRUN_EVAL": attempt.eval, "BATCHRUN_ATTEMPT": str(attempt.number)}
         with self._lock:  # no process starts once the stop has taken its list of running ones
             if self.stop.requested.is_set():
                 return None
