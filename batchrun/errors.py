@@ -8,6 +8,7 @@
     │   └── RunIdentityError        the progress store belongs to another run
     └── StoreError              exit 3: the progress store can't be reached or written
         └── ConflictError           a conditional write lost a race (retried internally)
+            └── AttemptTakenError   another writer claimed this attempt number first
 
 Lower-level errors (OSError, botocore, YAML) are translated into these where they are raised,
 so the command line prints one line and exits with the class's code.
@@ -61,3 +62,7 @@ class StoreError(BatchrunError):
 
 class ConflictError(StoreError):
     """A conditional write found the object changed since it was read."""
+
+
+class AttemptTakenError(ConflictError):
+    """Another writer claimed this attempt number of this eval first (create-only claim)."""
