@@ -10,6 +10,9 @@
         └── ConflictError           a conditional write lost a race (retried internally)
             └── AttemptTakenError   another writer claimed this attempt number first
 
+    (any other exception)       exit 70 (EX_SOFTWARE): a bug in batchrun; one line on stderr,
+                                the traceback in the `run.crashed` log event
+
 Lower-level errors (OSError, botocore, YAML) are translated into these where they are raised,
 so the command line prints one line and exits with the class's code.
 """
@@ -22,6 +25,7 @@ EXIT_OK = 0
 EXIT_EVAL_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_STORE = 3
+EXIT_INTERNAL = 70  # EX_SOFTWARE: an unexpected exception, a bug; counts toward the Job's backoffLimit
 EXIT_SIGINT = 130  # 128 + SIGINT: stopped by Ctrl-C
 EXIT_SIGTERM = 143  # 128 + SIGTERM: stopped by Kubernetes (spot reclaim, eviction, deletion)
 
