@@ -1,21 +1,36 @@
 """The local disk as a progress-store backend: exclusive links for creates, a lock file plus
 rename for replaces, fsync before anything counts as written.
+
+Nothing is ever reached through a symbolic link: every path is walked from ``/`` one folder at
+a time (``O_DIRECTORY | O_NOFOLLOW``) and every operation is done relative to the folder's file
+descriptor, with ``O_NOFOLLOW`` on the final name. The location (batchrun/location.py) resolves
+the user's own links above the progress file first, so any link met here was planted: it is a
+StoreError naming it. Folders are created 0700 and files 0600.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
+import stat
 import threading
 import uuid
-from pathlib import Path
+from collections.abc import Iterator
 
 from batchrun._backends import Blob, hash_tag, translated
-from batchrun.errors import ConflictError
+from batchrun.errors import ConflictError, StoreError
 
 _TMP_PREFIX = ".tmp-"
+FOLDER_MODE = 0o700
+FILE_MODE = 0o600
+_PATH = getattr(os, "O_PATH", os.O_RDONLY)  # Linux: walk folders we may traverse but not list
+_WALK = _PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # to fsync or list
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a planted FIFO can't hang us
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class LocalBackend:
@@ -27,9 +42,11 @@ class LocalBackend:
         self._lock = threading.Lock()
 
     def read(self, path: str) -> Blob | None:
+        folder, name = os.path.split(path)
         with translated(self, "read", path):
             try:
-                data = Path(path).read_bytes()
+                with _folder(folder, create=False) as fd:
+                    data = _read_at(fd, name, path)
             except FileNotFoundError:
                 return None
         return Blob(data, hash_tag(data))
@@ -39,78 +56,128 @@ class LocalBackend:
         return None if blob is None else blob.tag
 
     def create(self, path: str, data: bytes, *, durable: bool) -> None:
-        with translated(self, "create", path):
-            tmp = self._write_tmp(path, data, durable=durable)
+        folder, name = os.path.split(path)
+        with translated(self, "create", path), _folder(folder, create=True) as fd:
+            tmp = _write_tmp(fd, data, durable=durable)
             try:
-                os.link(tmp, path)
+                os.link(tmp, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
             except FileExistsError:
-                if Path(path).read_bytes() != data:
+                if _read_at(fd, name, path) != data:
                     msg = f"{path} already exists with other content"
                     raise ConflictError(msg) from None
             finally:
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=fd)
             if durable:
-                _fsync_dir(os.path.dirname(path))
+                os.fsync(fd)
 
     def replace(self, path: str, data: bytes, expect: str | None) -> str:
-        with translated(self, "replace", path):
-            folder = os.path.dirname(path)
-            os.makedirs(folder, exist_ok=True)
-            with self._lock, open(os.path.join(folder, ".lock"), "a+b") as lock:
+        folder, name = os.path.split(path)
+        with translated(self, "replace", path), _folder(folder, create=True) as fd, self._lock:
+            lock = _open_at(fd, ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, path=folder)
+            try:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                current = self.read(path)
-                if (None if current is None else current.tag) != expect:
+                try:
+                    current: str | None = hash_tag(_read_at(fd, name, path))
+                except FileNotFoundError:
+                    current = None
+                if current != expect:
                     msg = f"{path} changed since it was read"
                     raise ConflictError(msg)
-                self._replace(path, data)
+                _replace_at(fd, name, data)
+            finally:
+                os.close(lock)
         return hash_tag(data)
 
     def write(self, path: str, data: bytes) -> None:
-        with translated(self, "write", path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self._replace(path, data)
+        folder, name = os.path.split(path)
+        with translated(self, "write", path), _folder(folder, create=True) as fd:
+            _replace_at(fd, name, data)
 
     def listdir(self, folder: str) -> list[str]:
         with translated(self, "list", folder):
             try:
-                names = os.listdir(folder)
+                with _folder(folder, create=False, listable=True) as fd:
+                    names = os.listdir(fd)
             except FileNotFoundError:
                 return []
         return [name for name in names if not name.startswith(".")]
 
     def delete(self, paths: list[str]) -> None:
-        for path in paths:
-            with translated(self, "delete", path), contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        for path in paths:  # unlinking a planted link removes the link, never what it points to
+            folder, name = os.path.split(path)
+            with translated(self, "delete", path), contextlib.suppress(FileNotFoundError), _folder(folder) as fd:
+                os.unlink(name, dir_fd=fd)
 
     def delete_tree(self, path: str) -> None:
-        with translated(self, "delete", path), contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(path)
-
-    def _write_tmp(self, path: str, data: bytes, *, durable: bool) -> str:
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f"{_TMP_PREFIX}{uuid.uuid4().hex}")
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        return tmp
-
-    def _replace(self, path: str, data: bytes) -> None:
-        tmp = self._write_tmp(path, data, durable=True)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        _fsync_dir(os.path.dirname(path))
+        folder, name = os.path.split(path)
+        with translated(self, "delete", path), contextlib.suppress(FileNotFoundError), _folder(folder) as fd:
+            shutil.rmtree(name, dir_fd=fd)  # fd-based: never descends through a link
 
 
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder or ".", os.O_RDONLY)
+@contextlib.contextmanager
+def _folder(folder: str, *, create: bool = False, listable: bool = False) -> Iterator[int]:
+    """A file descriptor on *folder*, reached from ``/`` without following any link; missing
+    folders are created (0700) if *create*, else FileNotFoundError.
+    """
+    parts = [part for part in os.path.abspath(folder).split(os.sep) if part]
+    fd = os.open(os.sep, _WALK if parts else os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            flags = _OPEN_DIR if last and (create or listable) else _WALK
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, FOLDER_MODE, dir_fd=fd)
+            shown = os.sep + os.sep.join(parts[: i + 1])
+            child = _open_at(fd, part, flags, path=shown, folder=True)
+            os.close(fd)
+            fd = child
+        yield fd
     finally:
         os.close(fd)
+
+
+def _open_at(fd: int, name: str, flags: int, *, path: str, folder: bool = False) -> int:
+    """``openat`` that names a planted link as such (ELOOP for a file, ENOTDIR for a folder)."""
+    try:
+        return os.open(name, flags, FILE_MODE, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or (folder and exc.errno == errno.ENOTDIR):
+            with contextlib.suppress(OSError):
+                if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                    shown = path if folder else os.path.join(path, name)
+                    msg = f"{shown} is a symbolic link; batchrun never follows links for its own files"
+                    raise StoreError(msg) from None
+        raise
+
+
+def _read_at(fd: int, name: str, path: str) -> bytes:
+    """The whole content of the regular file *name* in folder *fd*."""
+    file_fd = _open_at(fd, name, _READ, path=os.path.dirname(path))
+    with open(file_fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+            msg = f"{path} is not a regular file"
+            raise StoreError(msg)
+        return fh.read()
+
+
+def _write_tmp(fd: int, data: bytes, *, durable: bool) -> str:
+    """A new temp file (0600, create-exclusive) in folder *fd* holding *data*; returns its name."""
+    tmp = f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+    with open(os.open(tmp, _NEW, FILE_MODE, dir_fd=fd), "wb") as fh:
+        fh.write(data)
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
+    return tmp
+
+
+def _replace_at(fd: int, name: str, data: bytes) -> None:
+    """Replace *name* in folder *fd* atomically and durably (a link there is replaced, not followed)."""
+    tmp = _write_tmp(fd, data, durable=True)
+    try:
+        os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+    except BaseException:
+        os.unlink(tmp, dir_fd=fd)
+        raise
+    os.fsync(fd)

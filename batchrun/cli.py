@@ -4,8 +4,10 @@ and turns BatchrunError into one line on stderr and the error's exit code.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
+import math
 import signal
 import sys
 from typing import Annotated, Any, NoReturn
@@ -52,7 +54,7 @@ ProgressOpt = Annotated[
         "--progress",
         envvar="BATCHRUN_PROGRESS",
         help="Progress file URI (local path, s3://..., any fsspec URL); a trailing / names a folder. "
-        "Default /tmp/batchrun/{model}.{eval_set}.progress.txt.",
+        "Default {model}.{eval_set}.progress.txt in $XDG_STATE_HOME/batchrun/ if set, else /tmp/batchrun-UID/.",
         show_default=False,
     ),
 ]
@@ -177,6 +179,7 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     template = CommandTemplate.parse(command, tuple(extra_args or ()))
     options = _storage_options(storage_options)
     evals = load_eval_set(eval_set, registry_path or ())
+    template.check_eval_names(evals.evals)
     template.check_program(model=model, eval_name=evals.evals[0], eval_set=evals.name)
     location = resolve_location(progress, model=model, eval_set=evals.name)
     store = ProgressStore.open(location, options)
@@ -203,8 +206,11 @@ def _check_numbers(*, jobs: int, max_attempts: int, retry_backoff: float, grace:
     problems = [
         (jobs < 1, f"--jobs must be at least 1, got {jobs}"),
         (max_attempts < 1, f"--max-attempts must be at least 1, got {max_attempts}"),
+        (not math.isfinite(retry_backoff), f"--retry-backoff must be a finite number, got {retry_backoff}"),
         (retry_backoff < 0, f"--retry-backoff can't be negative, got {retry_backoff:g}"),
+        (not math.isfinite(grace), f"--grace must be a finite number, got {grace}"),
         (grace < 0, f"--grace can't be negative, got {grace:g}"),
+        (timeout is not None and not math.isfinite(timeout), f"--eval-timeout must be a finite number, got {timeout}"),
         (timeout is not None and timeout <= 0, f"--eval-timeout must be positive, got {timeout}"),
     ]
     for bad, msg in problems:
@@ -332,7 +338,24 @@ def main() -> None:
         _fail(exc.format_message(), exc.exit_code)
     except typer.Abort:  # Ctrl-C or end of input at a prompt
         _fail("aborted", errors.EXIT_SIGINT)
+    except Exception as exc:  # a bug: not BaseException, so KeyboardInterrupt and SystemExit pass  # noqa: BLE001
+        _crashed(exc)
     raise SystemExit(result if isinstance(result, int) else errors.EXIT_OK)
+
+
+def _crashed(exc: Exception) -> NoReturn:
+    """An unexpected exception: its traceback as the `run.crashed` event, then one line and exit 70."""
+    import traceback  # noqa: PLC0415 - only on this path
+
+    import structlog  # noqa: PLC0415
+
+    if not structlog.is_configured():  # status, logs, reset, or run before it set logging up
+        configure_logging(Console(), LogFormat.AUTO, terminal=sys.stderr.isatty())
+    lines = str(exc).strip().splitlines()
+    summary = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    with contextlib.suppress(Exception):  # the log sink itself may be what failed
+        structlog.get_logger("batchrun").error("run.crashed", error=summary, exception=traceback.format_exc())
+    _fail(f"internal error: {summary} (please report)", errors.EXIT_INTERNAL)
 
 
 def _fail(message: str, code: int) -> NoReturn:

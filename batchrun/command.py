@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from batchrun.errors import CommandTemplateError
+from batchrun.errors import CommandTemplateError, EvalSetError
 
 DEFAULT_COMMAND = "oaieval {model} {eval}"
 PLACEHOLDERS = frozenset({"model", "eval", "eval_set", "attempt"})
+_CONVERSIONS = (None, "s", "r", "a")
+_PROBE = {"model": "model", "eval": "eval", "eval_set": "set", "attempt": 1}
+_WIDE = re.compile(r"[0-9]{5}")  # a width or precision of 10,000 or more: refused, not allocated
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,15 +55,51 @@ class CommandTemplate:
                 msg += " (install openai/evals, or give --command)"
             raise CommandTemplateError(msg)
 
+    def check_eval_names(self, evals: Iterable[str]) -> None:
+        """Refuse an eval name starting with ``-`` where it would begin a word before any ``--``:
+        the program would read it as an option (``-h``, ``--record_path=...``).
+        """
+        if not self._eval_may_be_an_option():
+            return
+        for name in evals:
+            if name.startswith("-"):
+                msg = (
+                    f"eval {name!r} starts with '-' and would reach the command as an option; "
+                    f"put {{eval}} after a -- word in --command (e.g. 'prog {{model}} -- {{eval}}') or rename it"
+                )
+                raise EvalSetError(msg)
+
+    def _eval_may_be_an_option(self) -> bool:
+        """Whether some word before the first ``--`` word starts with the eval name."""
+        for word in self.words:
+            if word == "--":
+                return False
+            first = next(iter(string.Formatter().parse(word)), None)
+            if first is not None and first[0] == "" and first[1] == "eval":
+                return True
+        return False
+
 
 def _check_word(word: str, text: str) -> None:
     try:
-        fields = [field for _, field, spec, _ in string.Formatter().parse(word) if field is not None]
+        fields = [(field, spec, conv) for _, field, spec, conv in string.Formatter().parse(word) if field is not None]
     except ValueError as exc:
         msg = f"--command {text!r}: {exc} in {word!r} (write {{{{ and }}}} for literal braces)"
         raise CommandTemplateError(msg) from None
-    for field in fields:
+    for field, format_spec, conversion in fields:
+        spec = format_spec or ""
         if field not in PLACEHOLDERS:
             known = ", ".join(f"{{{p}}}" for p in sorted(PLACEHOLDERS))
             msg = f"--command {text!r}: unknown placeholder {{{field}}} (known: {known})"
             raise CommandTemplateError(msg)
+        if conversion not in _CONVERSIONS:
+            msg = f"--command {text!r}: unknown conversion !{conversion} in {word!r} (known: !s, !r, !a)"
+            raise CommandTemplateError(msg)
+        if "{" in spec or "}" in spec or _WIDE.search(spec):
+            msg = f"--command {text!r}: format spec {spec!r} in {word!r} is not allowed"
+            raise CommandTemplateError(msg)
+    try:  # a format spec that doesn't fit the value's type ({model:d}) fails the same way for every value
+        word.format_map(_PROBE)
+    except (ValueError, TypeError) as exc:
+        msg = f"--command {text!r}: {exc} in {word!r}"
+        raise CommandTemplateError(msg) from None
