@@ -78,6 +78,32 @@ def test_pod_failure_policy_uses_batchruns_exit_codes() -> None:
     assert errors.EXIT_STORE not in by_action["FailJob"]["values"]  # an unreachable store may come back
 
 
+def action_for(rules: list[dict[str, Any]], exit_code: int) -> str:
+    """What Kubernetes does with a pod whose batchrun container exited *exit_code*: the first
+    matching exit-code rule's action, else Count (the pod counts toward backoffLimit).
+    """
+    for rule in rules:
+        codes = rule.get("onExitCodes")
+        if codes is None or codes.get("containerName", "batchrun") != "batchrun":
+            continue
+        if (exit_code in codes["values"]) == (codes["operator"] == "In"):
+            return str(rule["action"])
+    return "Count"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_exit_code_gets_the_intended_job_action(layout: str) -> None:
+    """Failed evals and bad input fail the Job; SIGTERM is free; a store outage or an internal error (70) is retried."""
+    rules = job_of(render(layout))["spec"]["podFailurePolicy"]["rules"]
+    assert action_for(rules, errors.EXIT_EVAL_FAILED) == "FailJob"
+    assert action_for(rules, errors.EXIT_BAD_INPUT) == "FailJob"
+    assert action_for(rules, errors.EXIT_SIGTERM) == "Ignore"
+    assert action_for(rules, errors.EXIT_STORE) == "Count"
+    assert action_for(rules, errors.EXIT_INTERNAL) == "Count"
+    (counted,) = [r["onExitCodes"]["values"] for r in rules if r["action"] == "Count"]  # said, not implied
+    assert counted == [errors.EXIT_STORE, errors.EXIT_INTERNAL]
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_job_stops_inside_its_termination_grace(layout: str) -> None:
     """The pod's terminationGracePeriodSeconds exceeds batchrun's --grace plus the 2 s it needs to save progress."""
