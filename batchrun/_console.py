@@ -1,15 +1,27 @@
-"""Where batchrun's own output meets the evals' output: line-atomic writes to stdout/stderr,
+r"""Where batchrun's own output meets the evals' output: line-atomic writes to stdout/stderr,
 the `[eval] ` prefix when several evals run at once, and a progress bar on a terminal.
+
+A stream that can no longer be written (its reader went away: `batchrun run ... | head`, a closed
+terminal) is dropped, as `nohup` would: the run goes on, and its exit code stays true.
+When batchrun logs JSON, an eval's output can't pass for one of its log lines: a line (or a part
+of one that a line splitter would cut at `\r` and the like) whose first visible character is `{`
+gets the eval's `[name] ` label before that `{`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import sys
 import threading
 import time
-from typing import BinaryIO, TextIO
+from typing import IO, Any, BinaryIO, TextIO
 
 _BAR_WIDTH = 24
+# `{` at the start of a line, or of a part that str.splitlines() would make a line of its own,
+# after nothing visible (spaces, control characters, NULs, byte-order marks, any non-ASCII byte).
+_JSON_START = re.compile(rb"(?:\A|[\r\x0b\x0c\x1c-\x1e]|\xc2\x85|\xe2\x80[\xa8\xa9])[\x00-\x20\x7f-\xff]*(?=\{)")
 
 
 class Console:
@@ -21,6 +33,8 @@ class Console:
         self._err_bytes: BinaryIO = getattr(self._err, "buffer", None) or self._out
         self._lock = threading.Lock()
         self._bar_enabled = self._err.isatty() if bar is None else bar
+        self._out_open = self._err_open = True
+        self.guard_json = False  # set while batchrun's own log lines are JSON
         self._bar_text = ""
         self._total = 0
         self._done_at_start = 0
@@ -28,17 +42,21 @@ class Console:
 
     # --- evals' output --------------------------------------------------------------------
 
-    def eval_line(self, line: bytes, *, stderr: bool, prefix: bytes = b"") -> None:
-        """Write one line of an eval's output to the matching stream."""
-        stream = self._err_bytes if stderr else self._out
+    def eval_line(self, line: bytes, *, stderr: bool, prefix: bytes = b"", label: bytes = b"[eval] ") -> None:
+        """Write one line of an eval's output to the matching stream; *label* goes before a `{`
+        that could start a line looking like batchrun's JSON log lines (when they are JSON).
+        """
         if not line.endswith(b"\n"):
             line += b"\n"
+        if self.guard_json and not prefix and b"{" in line:
+            line = _JSON_START.sub(lambda match: match.group() + label, line)
         with self._lock:
             self._clear_bar()
             if stderr:
-                self._err.flush()
-            stream.write(prefix + line)
-            stream.flush()
+                if self._err_open:
+                    self._err_open = _written(self._err_bytes, prefix + line, first=self._err)
+            elif self._out_open:
+                self._out_open = _written(self._out, prefix + line)
             self._draw_bar()
 
     # --- batchrun's own log lines (structlog writes here) ---------------------------------
@@ -47,14 +65,16 @@ class Console:
         """File-like sink for the logger."""
         with self._lock:
             self._clear_bar()
-            self._err.write(text)
+            if self._err_open:
+                self._err_open = _written(self._err, text)
             self._draw_bar()
         return len(text)
 
     def flush(self) -> None:
         """File-like sink for the logger."""
         with self._lock:
-            self._err.flush()
+            if self._err_open:
+                self._err_open = _written(self._err, "")
 
     # --- the progress bar -----------------------------------------------------------------
 
@@ -89,13 +109,34 @@ class Console:
             self._bar_text = ""
 
     def _clear_bar(self) -> None:
-        if self._bar_enabled and self._bar_text:
-            self._err.write("\r\x1b[K")
+        if self._bar_enabled and self._bar_text and self._err_open:
+            self._err_open = _written(self._err, "\r\x1b[K", flush=False)
 
     def _draw_bar(self) -> None:
-        if self._bar_enabled and self._bar_text:
-            self._err.write(self._bar_text)
-            self._err.flush()
+        if self._bar_enabled and self._bar_text and self._err_open:
+            self._err_open = _written(self._err, self._bar_text)
+
+
+def _written(stream: IO[Any], data: str | bytes, *, first: IO[Any] | None = None, flush: bool = True) -> bool:
+    """Write and flush *data* (after flushing *first*, which shares the stream's file); False,
+    and the file sent to /dev/null, once the reader is gone.
+    """
+    try:
+        if first is not None:
+            first.flush()
+        if data:
+            stream.write(data)
+        if flush:
+            stream.flush()
+    except (OSError, ValueError):  # EPIPE, EIO from a hung-up terminal, or a closed file object
+        with contextlib.suppress(OSError, ValueError):  # so that later writers (and exit) don't fail
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, stream.fileno())
+            finally:
+                os.close(devnull)
+        return False
+    return True
 
 
 def _clock(seconds: float) -> str:

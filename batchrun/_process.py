@@ -1,5 +1,10 @@
-"""One attempt's process: started in its own session and process group, its output pumped line by
+r"""One attempt's process: started in its own session and process group, its output pumped line by
 line to the console (and kept for the attempt's log) from the calling thread, stopped as a group.
+
+Every wait is bounded: once the leader has exited, its output is read for at most ``DRAIN_S``
+more (a helper that left the group, e.g. through setsid, may hold the pipes open for ever), and a
+line without a newline is passed on in pieces of at most ``LINE_LIMIT_BYTES`` (progress bars that
+redraw with ``\r`` never end their line), so memory and time stay linear in the output.
 
 Process ids are reused (32,768 of them on many machines), so the group is only ever signalled
 while its leader is not yet reaped: until then the kernel keeps the id ours. Reaping happens in
@@ -25,6 +30,9 @@ from batchrun._console import Console
 
 TAIL_LINES = 20
 LOG_LIMIT_BYTES = 64 * 2**20  # output kept per attempt; the rest is dropped with a note
+LINE_LIMIT_BYTES = 2**16  # an unfinished line is passed on once it grows this long
+DRAIN_S = 1.0  # output still read after the leader exited, from whatever holds the pipes
+_TRUNCATED = b"\n[batchrun: output beyond this point was not kept]\n"
 _SPOOL_BYTES = 2**20
 _READ_BYTES = 2**16
 _POLL_S = 0.05
@@ -38,15 +46,22 @@ class Output:
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     spool: IO[bytes] = field(default_factory=lambda: tempfile.SpooledTemporaryFile(_SPOOL_BYTES))  # noqa: SIM115
     size: int = 0
+    _open_line: bool = False  # the last piece added did not end its line
 
-    def add(self, line: bytes) -> None:
-        """Keep one line."""
-        self.tail.append(line.decode("utf-8", errors="replace").rstrip("\r\n"))
-        if self.size < LOG_LIMIT_BYTES:
-            self.spool.write(line)
-            self.size += len(line)
+    def add(self, piece: bytes) -> None:
+        """Keep a line, or a piece of one (no trailing newline) that the next piece continues."""
+        text = piece.decode("utf-8", errors="replace")
+        if self._open_line and self.tail:
+            text = self.tail.pop() + text
+        self._open_line = not piece.endswith(b"\n")
+        # What a terminal would show: a progress bar's last redraw, not every \r-separated one.
+        self.tail.append(text.rstrip("\r\n").rpartition("\r")[2])
+        room = LOG_LIMIT_BYTES - self.size
+        if room > 0:
+            self.spool.write(piece[:room])
+            self.size += min(room, len(piece))
             if self.size >= LOG_LIMIT_BYTES:
-                self.spool.write(b"\n[batchrun: output beyond this point was not kept]\n")
+                self.spool.write(_TRUNCATED)
 
     def read(self) -> bytes:
         """Everything kept, once."""
@@ -71,6 +86,8 @@ class EvalProcess:
         )
         self._lock = threading.Lock()
         self._reaped = False
+        # Put before its output lines that could pass for batchrun's JSON log lines (see Console).
+        self.label = f"[{env.get('BATCHRUN_EVAL', 'eval')}] ".encode(errors="replace")
 
     def exited(self) -> bool:
         """Whether the leader has exited (without reaping it)."""
@@ -104,18 +121,20 @@ class EvalProcess:
         return code
 
     def pump(self, console: Console, prefix: bytes, output: Output, deadline: float | None) -> bool:
-        """Copy stdout and stderr to the console until the leader has exited and both pipes closed;
-        False if *deadline* (a time.monotonic() value) passed first.
+        """Copy stdout and stderr to the console until the leader has exited and both pipes closed,
+        or ``DRAIN_S`` after its exit at most; False if *deadline* (a time.monotonic() value) passed
+        before the leader exited.
 
         When the leader exits, the rest of its group is killed: a helper it started would
-        otherwise hold the pipes open, and outlive batchrun.
+        otherwise hold the pipes open, and outlive batchrun. One that left the group is cut off
+        when the drain period ends.
         """
         with selectors.DefaultSelector() as selector, _exit_watch(self.proc) as exit_fd:
             return _Pump(self, console, prefix, output, selector, exit_fd).run(deadline)
 
 
 class _Pump:
-    """The state of one pump: the selector, unfinished lines, whether the leader exited."""
+    """The state of one pump: the selector, unfinished lines, when the leader exited."""
 
     def __init__(  # noqa: PLR0913, PLR0917 - one pump's whole context
         self,
@@ -128,8 +147,8 @@ class _Pump:
     ) -> None:
         self.process, self.console, self.prefix, self.output = process, console, prefix, output
         self.selector, self.exit_fd = selector, exit_fd
-        self.partial = {False: b"", True: b""}
-        self.exited = False
+        self.partial = {False: bytearray(), True: bytearray()}
+        self.drain_until: float | None = None  # set when the leader exits
         for stream, is_err in ((process.proc.stdout, False), (process.proc.stderr, True)):
             if stream is not None and not stream.closed:
                 selector.register(stream, selectors.EVENT_READ, is_err)
@@ -137,37 +156,73 @@ class _Pump:
             selector.register(exit_fd, selectors.EVENT_READ, _EXITED)
 
     def run(self, deadline: float | None) -> bool:
-        while not self.exited or any(key.data is not _EXITED for key in self.selector.get_map().values()):
-            wait = None if deadline is None else deadline - time.monotonic()
-            if wait is not None and wait <= 0:
-                return False
-            if self.exit_fd is None and not self.exited:  # no pidfd: look at the leader now and then
-                wait = _POLL_S if wait is None else min(wait, _POLL_S)
-            for key, _ in self.selector.select(wait):
-                if key.data is _EXITED:
-                    self.selector.unregister(key.fileobj)
+        try:
+            while self.drain_until is None or self._pipes():
+                now = time.monotonic()
+                if self.drain_until is not None:
+                    # The leader is gone: its time limit no longer applies, the drain period does.
+                    deadline = self.drain_until
+                if deadline is not None and deadline <= now:
+                    return self.drain_until is not None
+                wait = None if deadline is None else deadline - now
+                if self.exit_fd is None and self.drain_until is None:  # no pidfd: look now and then
+                    wait = _POLL_S if wait is None else min(wait, _POLL_S)
+                for key, _ in self.selector.select(wait):
+                    if key.data is _EXITED:
+                        self.selector.unregister(key.fileobj)
+                        self._on_exit()
+                    else:
+                        self._read(key)
+                if self.exit_fd is None and self.drain_until is None and self.process.exited():
                     self._on_exit()
-                else:
-                    self._read(key)
-            if self.exit_fd is None and not self.exited and self.process.exited():
-                self._on_exit()
-        return True
+            return True
+        finally:
+            if self.drain_until is not None:
+                self._close_pipes()
+            for is_err, pending in self.partial.items():  # a later pump would not know of it
+                self._emit(bytes(pending), is_err=is_err)
+                pending.clear()
+
+    def _pipes(self) -> list[selectors.SelectorKey]:
+        return [key for key in self.selector.get_map().values() if key.data is not _EXITED]
 
     def _on_exit(self) -> None:
-        self.exited = True
+        self.drain_until = time.monotonic() + DRAIN_S
         self.process.send(signal.SIGKILL)  # the leader is not reaped yet: the group id is still ours
+
+    def _close_pipes(self) -> None:
+        """Stop reading: what still holds the pipes outlived the leader and its drain period."""
+        for key in self._pipes():
+            self.selector.unregister(key.fileobj)
+            key.fileobj.close()  # type: ignore[union-attr]
 
     def _read(self, key: selectors.SelectorKey) -> None:
         is_err = bool(key.data)
         chunk = os.read(key.fd, _READ_BYTES)
+        pending = self.partial[is_err]
         if not chunk:
             self.selector.unregister(key.fileobj)
             key.fileobj.close()  # type: ignore[union-attr]
-            chunk = b"\n" if self.partial[is_err] else b""
-        *lines, self.partial[is_err] = (self.partial[is_err] + chunk).split(b"\n")
-        for line in lines:
-            self.console.eval_line(line + b"\n", stderr=is_err, prefix=self.prefix)
-            self.output.add(line + b"\n")
+            self._emit(bytes(pending), is_err=is_err)
+            pending.clear()
+            return
+        searched = len(pending)  # what is pending holds no newline: search only the new bytes
+        pending += chunk
+        start = 0
+        while (end := pending.find(b"\n", searched)) >= 0:
+            self._emit(bytes(pending[start : end + 1]), is_err=is_err)
+            start = searched = end + 1
+        while len(pending) - start >= LINE_LIMIT_BYTES:
+            # A line that never ends (\r progress bars): pass it on in pieces, at a redraw if possible.
+            cut = pending.rfind(b"\r", start, start + LINE_LIMIT_BYTES) + 1 or start + LINE_LIMIT_BYTES
+            self._emit(bytes(pending[start:cut]), is_err=is_err)
+            start = cut
+        del pending[:start]
+
+    def _emit(self, piece: bytes, *, is_err: bool) -> None:
+        if piece:
+            self.console.eval_line(piece, stderr=is_err, prefix=self.prefix, label=self.process.label)
+            self.output.add(piece)
 
 
 @contextlib.contextmanager

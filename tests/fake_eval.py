@@ -1,10 +1,14 @@
 """A fake eval for tests: journals its start and end, sleeps, and fails when told to.
 
 Usage: fake_eval.py EVAL ATTEMPT --journal FILE [--sleep S] [--fail NAME]... [--fail-until NAME:N]...
-                    [--trap exit0|ignore] [--child]
+                    [--trap exit0|ignore] [--child] [--leak-pipe] [--print-cr N] [--say TEXT]
 Exit 3 for a NAME given to --fail; for --fail-until, exit 4 while ATTEMPT < N.
 --trap journals SIGTERM/SIGINT and then exits 0 (as inspect-ai does after saving its log) or
 ignores them. --child starts a grandchild that sleeps and journals its pid.
+--leak-pipe starts one in a session of its own (out of the eval's process group) that keeps
+stdout and stderr open for 60 s, and journals "leak EVAL PID". --print-cr N writes N bytes of
+progress-bar updates separated by carriage returns, with no newline, to stdout. --say TEXT prints TEXT on
+stdout and stderr.
 """
 
 import argparse
@@ -23,6 +27,9 @@ parser.add_argument("--fail", action="append", default=[])
 parser.add_argument("--fail-until", action="append", default=[])
 parser.add_argument("--trap", choices=["exit0", "ignore"])
 parser.add_argument("--child", action="store_true")
+parser.add_argument("--leak-pipe", action="store_true")
+parser.add_argument("--print-cr", type=int, default=0)
+parser.add_argument("--say", default=None)
 args = parser.parse_args()
 
 
@@ -51,8 +58,21 @@ journal("start", args.eval, args.attempt, os.getpid())
 if args.child:
     grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     journal("child", args.eval, grandchild.pid)
+if args.leak_pipe:
+    leaked = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    journal("leak", args.eval, leaked.pid)
 print(f"fake eval {args.eval} attempt {args.attempt} env={os.environ.get('BATCHRUN_EVAL')}", flush=True)
 print(f"to stderr: {args.eval}", file=sys.stderr, flush=True)
+if args.print_cr:
+    update = b"".join(b"progress %6d%%\r" % n for n in range(1000))
+    left = args.print_cr
+    while left > 0:
+        left -= sys.stdout.buffer.write(update[:left])
+    sys.stdout.buffer.write(b"100%: done")  # the last update, still no newline
+    sys.stdout.flush()
+if args.say is not None:
+    print(args.say, flush=True)
+    print(args.say, file=sys.stderr, flush=True)
 deadline = time.monotonic() + args.sleep
 while time.monotonic() < deadline:  # short sleeps, so signal handlers run promptly
     time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
