@@ -9,12 +9,27 @@ their errors become StoreError through :func:`translated`, here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
-from collections.abc import Iterator, Mapping
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from batchrun.errors import StoreError
+import structlog
+
+from batchrun.errors import ConflictError, StoreError
+
+T = TypeVar("T")
+
+# Our own retry rounds, around what botocore and s3fs already retry inside each call: a reply cut
+# off mid-body (read outside their loops), a 409 conflict, a store that keeps failing. Each
+# round that fails is logged, so a store being retried is visible, not a silent hang.
+RETRY_ROUNDS = 3
+_ROUND_PAUSE_S = 0.5
+
+log = structlog.get_logger("batchrun.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,16 +89,60 @@ def translated(backend: Backend, op: str, path: str) -> Iterator[None]:
         raise StoreError(msg) from exc
 
 
+class TruncatedReplyError(OSError):
+    """A reply whose body is shorter than its Content-Length (cut off, or a GET racing a DELETE)."""
+
+
+def is_busy(exc: BaseException) -> bool:
+    """S3's 409 ConditionalRequestConflict: another conditional write to the key is in progress."""
+    cause = exc.__cause__ or exc
+    response = getattr(cause, "response", None)
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code == "ConditionalRequestConflict" or status == 409  # noqa: PLR2004 - HTTP status
+    return isinstance(exc, OSError) and exc.errno == errno.EBUSY
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether trying the same call again may succeed (a definite answer never does)."""
+    if isinstance(exc, (FileExistsError, FileNotFoundError, PermissionError, StoreError, ValueError, TypeError)):
+        return False
+    if isinstance(exc, OSError) and exc.errno == errno.EINVAL:  # 412: precondition failed
+        return False
+    return isinstance(exc, Exception)
+
+
+def retrying(backend: Backend, op: str, path: str, call: Callable[[], T], rounds: int = RETRY_ROUNDS) -> T:
+    """*call*, tried again after a transient error, up to *rounds* times, logging each failed round.
+
+    A 409 that outlasts the rounds is a ConflictError (the caller's conflict handling applies).
+    """
+    for round_ in range(1, rounds + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            if round_ == rounds:
+                if is_busy(exc):
+                    raise ConflictError(f"{path}: a concurrent conditional write is in progress") from exc
+                raise
+            log.warning("store.retrying", op=op, object=f"{backend.uri_prefix}{path}", round=round_, error=reason(exc))
+            time.sleep(_ROUND_PAUSE_S * 2 ** (round_ - 1) * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+    raise AssertionError  # unreachable: the last round returns or raises
+
+
 def reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-# botocore's standard retry mode with a bounded total: a store that stays unreachable
-# fails within about half a minute (exit 3) instead of hanging the Job.
+# botocore's standard retry mode with a bounded total per call, times RETRY_ROUNDS of ours: a store
+# that stays unreachable fails within about half a minute (exit 3) instead of hanging the Job.
 _S3_DEFAULTS: Mapping[str, Any] = {
     "config_kwargs": {
-        "retries": {"mode": "standard", "total_max_attempts": 5},
+        "retries": {"mode": "standard", "total_max_attempts": 3},
         "connect_timeout": 5,
         "read_timeout": 30,
     },

@@ -1,5 +1,9 @@
 """fsspec filesystems as progress-store backends: any fsspec URL (memory:// in tests, gs://), and
 S3 through s3fs with conditional writes.
+
+Keys are always literal: fsspec's ``rm``, ``cat`` and ``expand_path`` treat ``[``, ``*`` and ``?``
+as glob patterns, so a run named ``m[1]`` could delete ``m1``'s objects. Deletes and listings here
+name exact keys (S3: DeleteObjects and ListObjectsV2 with a prefix), never patterns.
 """
 
 from __future__ import annotations
@@ -7,13 +11,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from batchrun._backends import Backend, Blob, hash_tag, translated
+from batchrun._backends import Backend, Blob, TruncatedReplyError, hash_tag, retrying, translated
 from batchrun.errors import ConflictError, StoreError
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
+
+T = TypeVar("T")
+
+_DELETE_BATCH = 1000  # S3 DeleteObjects takes at most 1,000 keys
 
 
 class FsspecBackend:
@@ -30,7 +39,7 @@ class FsspecBackend:
     def read(self, path: str) -> Blob | None:
         with translated(self, "read", path):
             try:
-                data = bytes(self.fs.cat_file(path))
+                data = bytes(retrying(self, "read", path, lambda: self.fs.cat_file(path)))
             except FileNotFoundError:
                 return None
         return Blob(data, hash_tag(data))
@@ -42,7 +51,7 @@ class FsspecBackend:
     def create(self, path: str, data: bytes, *, durable: bool) -> None:  # noqa: ARG002 - a PUT is durable
         with translated(self, "create", path):
             try:
-                self.fs.pipe_file(path, data, mode="create")
+                retrying(self, "create", path, lambda: self.fs.pipe_file(path, data, mode="create"))
             except FileExistsError:
                 self._check_own_write(path, data)
             except FileNotFoundError as exc:  # a missing bucket, on object stores
@@ -60,7 +69,7 @@ class FsspecBackend:
     def write(self, path: str, data: bytes) -> None:
         with translated(self, "write", path):
             try:
-                self.fs.pipe_file(path, data)
+                retrying(self, "write", path, lambda: self.fs.pipe_file(path, data))
             except FileNotFoundError as exc:
                 raise _no_bucket(self, path) from exc
 
@@ -74,16 +83,25 @@ class FsspecBackend:
         return [name for name in names if name and not name.startswith(".")]
 
     def delete(self, paths: list[str]) -> None:
-        if not paths:
-            return
-        with translated(self, "delete", paths[0]):
-            for path in paths:
-                with contextlib.suppress(FileNotFoundError):
-                    self.fs.rm_file(path)
+        for path in paths:
+            with translated(self, "delete", path), contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(path)  # one literal path; rm() would expand glob characters
 
     def delete_tree(self, path: str) -> None:
-        with translated(self, "delete", path), contextlib.suppress(FileNotFoundError):
-            self.fs.rm(path, recursive=True)
+        with translated(self, "delete", path):
+            try:
+                found = self.fs.find(path, withdirs=True, detail=True)  # a walk by listings: literal
+            except FileNotFoundError:
+                return
+            entries = sorted(found.items(), key=lambda item: item[0].count("/"), reverse=True)
+            for name, info in entries:
+                with contextlib.suppress(FileNotFoundError, OSError):
+                    if info.get("type") == "directory":
+                        self.fs.rmdir(name)
+                    else:
+                        self.fs.rm_file(name)
+            with contextlib.suppress(FileNotFoundError, OSError):
+                self.fs.rmdir(path)
 
     def _check_own_write(self, path: str, data: bytes) -> None:
         """A create that answers 'exists' may be our own retried write: compare, don't assume."""
@@ -94,42 +112,60 @@ class FsspecBackend:
 
 
 class S3Backend(FsspecBackend):
-    """S3 through s3fs: If-None-Match creates, If-Match replaces on the ETag, no listing cache."""
+    """S3 through s3fs: If-None-Match creates, If-Match replaces on the ETag, exact-key listings
+    and deletes, bodies checked against their Content-Length.
+    """
 
-    def read(self, path: str) -> Blob | None:
+    def _sync(self, coro: Coroutine[Any, Any, T]) -> T:
         from fsspec.asyn import sync  # noqa: PLC0415
 
+        result: T = sync(self.fs.loop, lambda: coro)
+        return result
+
+    async def _call(self, method: str, **kwargs: object) -> dict[str, Any]:
+        reply: dict[str, Any] = await self.fs._call_s3(method, **kwargs)  # noqa: SLF001 - s3fs's retrying client call
+        return reply
+
+    def read(self, path: str) -> Blob | None:
         with translated(self, "read", path):
             try:
-                data, etag = sync(self.fs.loop, self._get, path)
+                data, etag = retrying(self, "read", path, lambda: self._sync(self._get(path)))
             except FileNotFoundError:
                 return None
         return Blob(data, etag)
 
     async def _get(self, path: str) -> tuple[bytes, str]:
         # One GET that returns the body and its ETag together (s3fs's cat_file would HEAD first).
+        # The body is read outside s3fs's retries, so its length is checked here: a reply cut off
+        # mid-body, or a GET racing a DELETE that answers 200 with no body, is retried.
         bucket, key, _ = self.fs.split_path(path)
-        resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)  # noqa: SLF001
+        resp = await self._call("get_object", Bucket=bucket, Key=key)
         try:
             data = await resp["Body"].read()
         finally:
             resp["Body"].close()
+        expected = resp.get("ContentLength")
+        if expected is not None and len(data) != int(expected):
+            msg = f"reply cut off: received {len(data)} of {expected} bytes"
+            raise TruncatedReplyError(errno.EIO, msg)
         return bytes(data), str(resp["ETag"])
 
     def tag(self, path: str) -> str | None:
         with translated(self, "stat", path):
             try:
-                return str(self.fs.info(path)["ETag"])
+                return str(retrying(self, "stat", path, lambda: self.fs.info(path))["ETag"])
             except FileNotFoundError:
                 return None
 
     def replace(self, path: str, data: bytes, expect: str | None) -> str:
+        def put() -> dict[str, Any]:
+            conditions: dict[str, Any] = {"mode": "create"} if expect is None else {"IfMatch": expect}
+            reply: dict[str, Any] = self.fs.pipe_file(path, data, **conditions)
+            return reply
+
         with translated(self, "replace", path):
             try:
-                if expect is None:
-                    out = self.fs.pipe_file(path, data, mode="create")
-                else:
-                    out = self.fs.pipe_file(path, data, IfMatch=expect)
+                out = retrying(self, "replace", path, put)
             except FileNotFoundError as exc:
                 if expect is None:
                     raise _no_bucket(self, path) from exc
@@ -144,10 +180,56 @@ class S3Backend(FsspecBackend):
                 raise ConflictError(f"{path} changed since it was read") from exc
         return str(out["ETag"])
 
+    def listdir(self, folder: str) -> list[str]:
+        bucket, key, _ = self.fs.split_path(folder)
+        prefix = key.rstrip("/") + "/"
+        with translated(self, "list", folder):
+            pages = retrying(self, "list", folder, lambda: self._sync(self._list(bucket, prefix, delimiter="/")))
+        names = [k[len(prefix) :].rstrip("/") for k in pages]
+        return [name for name in names if name and not name.startswith(".")]
+
+    async def _list(self, bucket: str, prefix: str, delimiter: str | None) -> list[str]:
+        """Every key (and, with a delimiter, sub-folder) under *prefix*, following continuations."""
+        keys: list[str] = []
+        token: str | None = None
+        extra: dict[str, Any] = {} if delimiter is None else {"Delimiter": delimiter}
+        while True:
+            page = await self._call(
+                "list_objects_v2",
+                Bucket=bucket,
+                Prefix=prefix,
+                **extra,
+                **({} if token is None else {"ContinuationToken": token}),
+            )
+            keys.extend(item["Key"] for item in page.get("Contents", ()))
+            keys.extend(item["Prefix"] for item in page.get("CommonPrefixes", ()))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return keys
+
     def delete(self, paths: list[str]) -> None:
-        if paths:
-            with translated(self, "delete", paths[0]):
-                self.fs.rm(paths)  # one DeleteObjects request per 1,000 keys
+        if not paths:
+            return
+        bucket = self.fs.split_path(paths[0])[0]
+        keys = [self.fs.split_path(path)[1] for path in paths]
+        with translated(self, "delete", paths[0]):
+            retrying(self, "delete", paths[0], lambda: self._sync(self._delete_keys(bucket, keys)))
+
+    def delete_tree(self, path: str) -> None:
+        bucket, key, _ = self.fs.split_path(path)
+        with translated(self, "delete", path):
+            keys = retrying(self, "list", path, lambda: self._sync(self._list(bucket, key.rstrip("/") + "/", None)))
+            retrying(self, "delete", path, lambda: self._sync(self._delete_keys(bucket, [key, *keys])))
+
+    async def _delete_keys(self, bucket: str, keys: list[str]) -> None:
+        for start in range(0, len(keys), _DELETE_BATCH):
+            batch = [{"Key": key} for key in keys[start : start + _DELETE_BATCH]]
+            out = await self._call("delete_objects", Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            failed = [e for e in out.get("Errors", ()) if e.get("Code") != "NoSuchKey"]
+            if failed:
+                first = failed[0]
+                msg = f"could not delete {first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".strip()
+                raise OSError(errno.EIO, msg)
 
 
 def _no_bucket(backend: Backend, path: str) -> StoreError:
