@@ -58,6 +58,21 @@ class GroupCommit(Generic[T]):
         for future in pending:
             future.exception()
 
+    def unwritten(self) -> int:
+        """Items queued or being written."""
+        with self._cond:
+            return len(self._queue) + len(self._writing)
+
+    def wait_below(self, limit: int, stop: threading.Event, poll: float = 0.05) -> None:
+        """Block while more than *limit* items are unwritten, or until *stop* is set (backpressure:
+        work that produces records waits for the store instead of piling up what a kill loses).
+        """
+        with self._cond:
+            while len(self._queue) + len(self._writing) > limit and not stop.is_set():
+                self._urgent = True  # whoever waits wants the queue written now
+                self._cond.notify_all()
+                self._cond.wait(poll)
+
     def close(self) -> None:
         """Flush, then stop the writer thread."""
         with self._cond:
@@ -88,3 +103,4 @@ class GroupCommit(Generic[T]):
                     future.set_result(None)
             with self._cond:
                 self._writing = []
+                self._cond.notify_all()

@@ -38,7 +38,9 @@ class Attempt:
     """One run of one eval's command.
 
     ``epoch`` counts `--retry-failed` rounds: only the newest epoch's attempts count toward
-    `--max-attempts`. ``final`` marks the failure after which no attempt is left.
+    `--max-attempts`. ``final`` marks the failure after which no attempt is left. ``alone`` says
+    the attempt ran with no other eval of its process beside it, so a death of its pod during it
+    is evidence against it (see :meth:`RunState.lost`).
     """
 
     id: str
@@ -53,6 +55,7 @@ class Attempt:
     final: bool = False
     reason: str | None = None
     tail: tuple[str, ...] = ()
+    alone: bool = False
 
     def finished(  # noqa: PLR0913 - every field of an attempt's end
         self,
@@ -94,6 +97,7 @@ class Attempt:
             "final": self.final or None,
             "reason": self.reason,
             "tail": list(self.tail) or None,
+            "alone": self.alone or None,
         }
         data.update((key, value) for key, value in optional.items() if value is not None)
         return data
@@ -115,6 +119,7 @@ class Attempt:
             final=bool(data.get("final", False)),
             reason=None if data.get("reason") is None else str(data["reason"]),
             tail=tuple(str(line) for line in data.get("tail", ())),
+            alone=bool(data.get("alone", False)),
         )
 
 

@@ -5,46 +5,48 @@ Layout, for a progress URI ``P``::
     P                           completed eval names, one per line (rewritten by compaction)
     P.d/run.json                the run's identity (model, set, command, extra args, evals)
     P.d/snapshot.json           every attempt folded so far; replaced only with If-Match
-    P.d/events/W-NNNNNNNNN.json one create-only object per attempt start or end,
-                                W a writer's random id, N its sequence
-    P.d/logs/EVAL/N.log         the output of attempt N (EVAL percent-encoded)
+    P.d/events/W-NNNNNNNNN.json one create-only object per batch of attempt records,
+                                W a writer's random id, N its sequence (see _events.py)
+    P.d/claims/G/EVAL/N.json    created create-only before attempt N of EVAL starts: attempt
+                                numbers are unique across writers (G: the run's generation)
+    P.d/logs/EVAL/N.log         the output of attempt N
+
+EVAL in a key is percent-encoded, and hash-shortened when long (:func:`encode_key`).
 
 Recording costs one create-only PUT. Loading lists ``events/``, reads the events there, then
 the snapshot, in that order: an event deleted before we read it was folded into a snapshot
 written before the deletion, so the snapshot we read next has it. Records are keyed by attempt
-id, so folding one twice is harmless and compactors may race; the loser of the If-Match replace
-starts over.
+id, so folding one twice is harmless and compactors may race (_compaction.py says how). Each
+`run` of a store records under the generation in ``run.json``; a reset deletes it, so a writer
+that outlives a reset writes what no later run reads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
-import random
-import re
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
-import structlog
-
 from batchrun._backends import Backend, open_backend
-from batchrun._recorder import GroupCommit
-from batchrun._state import Attempt, Outcome, RunState
-from batchrun.errors import ConflictError, RunIdentityError, StoreError
+from batchrun._compaction import Compactor
+from batchrun._events import EventLog
+from batchrun._foreign import check_importable, imported_attempts
+from batchrun._state import Attempt, RunState
+from batchrun.errors import AttemptTakenError, ConflictError, RunIdentityError, StoreError
 from batchrun.location import ProgressLocation
 
-_EVENT_NAME = re.compile(r"^[0-9a-f]{12}-[0-9]{9}\.json$")
-_COMPACT_TRIES = 20
+_CLAIM_TRIES = 20
 _TAIL_LINE_CHARS = 500
-
-log = structlog.get_logger("batchrun.progress")
+_KEY_BYTES = 120  # longer encoded names are cut and given a hash: file names stop at 255 bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,7 @@ class RunIdentity:
     command: str
     extra_args: tuple[str, ...]
     evals: tuple[str, ...]
+    generation: str = field(default="", compare=False)  # set when first stored; new after a reset
 
     def difference(self, other: RunIdentity) -> str | None:
         """A phrase naming the first field that differs from *other*, ignoring the eval list."""
@@ -81,13 +84,22 @@ class RunIdentity:
             command=str(raw["command"]),
             extra_args=tuple(map(str, raw.get("extra_args", ()))),
             evals=tuple(map(str, raw.get("evals", ()))),
+            generation=str(raw.get("generation", "")),
         )
 
 
 def encode_key(name: str) -> str:
-    """An eval name as one safe key segment: percent-encoded, with no leading dot."""
+    """An eval name as one safe key segment: percent-encoded, with no leading dot, and at most
+    about 140 bytes (a long name keeps a readable start plus a hash of the whole name).
+    """
     encoded = quote(name, safe="")
-    return "%2E" + encoded[1:] if encoded.startswith(".") else encoded
+    encoded = "%2E" + encoded[1:] if encoded.startswith(".") else encoded
+    if len(encoded) <= _KEY_BYTES:
+        return encoded
+    start = encoded[:_KEY_BYTES]
+    cut = start.rfind("%", len(start) - 2)
+    start = start[:cut] if cut != -1 else start  # never end on half an escape
+    return f"{start}~{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
 
 def _trimmed(attempt: Attempt) -> Attempt:
@@ -101,46 +113,45 @@ def _shown(value: object) -> str:
     return " ".join(value) if isinstance(value, tuple) else str(value)
 
 
-def parse_progress_lines(text: str) -> list[str]:
-    """Eval names from a progress file: batchrun's plain lines or oaievalset's JSON argv lines."""
-    names: list[str] = []
-    for raw_line in text.splitlines():
-        line = raw_line.strip()
-        if not line:
-            continue
-        if line.startswith("["):
-            with contextlib.suppress(ValueError):
-                argv = json.loads(line)
-                # oaievalset writes ["oaieval", MODEL, EVAL, *extra]: the eval is the third word.
-                if isinstance(argv, list) and len(argv) >= 3 and isinstance(argv[2], str):  # noqa: PLR2004
-                    names.append(argv[2])
-                    continue
-        names.append(line)
-    return names
-
-
 class ProgressStore:
     """One run's progress at one location; thread-safe; see the module docstring for the layout."""
 
     def __init__(self, location: ProgressLocation, backend: Backend) -> None:
         """Use *backend* for *location*; :meth:`open` picks the backend from the URI."""
         self.location = location
-        self.backend = backend
         self.writer = uuid.uuid4().hex[:12]
         self.worker = socket.gethostname()
-        self._seq = 0  # events written
         self._attempts = 0  # attempts started
         self._lock = threading.Lock()
-        self._compact_lock = threading.Lock()
-        self._own: dict[str, list[Attempt]] = {}  # events we wrote and have not yet seen deleted
-        self._recorder = GroupCommit(self._write_events)
-        self._snapshot: tuple[str, RunState] | None = None  # last snapshot read, by tag
-        self._dirty = False
+        self._identity: RunIdentity | None = None
+        self._identity_known = False
+        self._identity_lock = threading.Lock()
+        self._events = EventLog(backend, location.events, self.writer, self.generation)
+        self._compactor = Compactor(
+            backend,
+            snapshot_path=f"{location.sidecar}/snapshot.json",
+            progress_path=location.path,
+            events=self._events,
+            generation=self.generation,
+            stored_generation=self._stored_generation,
+            imported=self._imported,
+        )
+        self._backend = backend
+        self.pending_events = 0  # events not yet folded, as of the last load
 
     @classmethod
     def open(cls, location: ProgressLocation, storage_options: Mapping[str, Any] | None = None) -> ProgressStore:
         """Connect to the filesystem of *location* (nothing is read or written yet)."""
         return cls(location, open_backend(location.protocol, storage_options or {}))
+
+    @property
+    def backend(self) -> Backend:
+        """The storage backend (tests swap in wrappers that count or fail calls)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: Backend) -> None:
+        self._backend = self._events.backend = self._compactor.backend = backend
 
     # --- identity -------------------------------------------------------------------------
 
@@ -160,11 +171,32 @@ class ProgressStore:
             msg = f"corrupt run identity at {self.location.uri}.d/run.json: {exc}"
             raise StoreError(msg) from None
 
+    def generation(self) -> str:
+        """The generation this store records under: its run's, read once ("" before any run)."""
+        with self._identity_lock:
+            if not self._identity_known:
+                self._identity, self._identity_known = self.identity(), True
+        return "" if self._identity is None else self._identity.generation
+
+    def _stored_generation(self) -> str:
+        identity = self.identity()
+        return "" if identity is None else identity.generation
+
+    def check_importable(self) -> None:
+        """Refuse (BadInputError) a file at the progress URI that is neither ours nor oaievalset's."""
+        if self.identity() is not None:
+            return
+        blob = self.backend.read(self.location.path)
+        if blob is not None:
+            check_importable(blob.data, self.location.uri)
+
     def claim(self, identity: RunIdentity) -> None:
         """Make *identity* this store's run, or refuse if the store holds a different run."""
-        for _ in range(_COMPACT_TRIES):
+        for _ in range(_CLAIM_TRIES):
             blob = self.backend.read(self._identity_path)
-            if blob is not None:
+            if blob is None:
+                new = replace(identity, generation=uuid.uuid4().hex[:16])
+            else:
                 stored = self._parse_identity(blob.data)
                 difference = identity.difference(stored)
                 if difference is not None:
@@ -173,45 +205,65 @@ class ProgressStore:
                         "use --fresh to start over or --progress to choose another location"
                     )
                     raise RunIdentityError(msg)
+                new = replace(identity, generation=stored.generation)
                 if stored.evals == identity.evals:
+                    self._identity, self._identity_known = new, True
                     return
             try:
-                self.backend.replace(self._identity_path, identity.to_bytes(), None if blob is None else blob.tag)
+                self.backend.replace(self._identity_path, new.to_bytes(), None if blob is None else blob.tag)
             except ConflictError:
                 continue
+            self._identity, self._identity_known = new, True
             return
         msg = f"could not record the run identity at {self.location.uri}: too many concurrent changes"
         raise StoreError(msg)
 
     # --- recording ------------------------------------------------------------------------
 
-    def start(self, eval_name: str, number: int, epoch: int = 0) -> Attempt:
-        """Record that an attempt starts; it counts even if the pod is lost before it ends."""
-        attempt, written = self.start_later(eval_name, number, epoch)
+    def start(self, eval_name: str, number: int, epoch: int = 0, *, alone: bool = False) -> Attempt:
+        """Claim attempt *number* and record its start; it counts even if the pod is lost before it ends."""
+        attempt, written = self.start_later(eval_name, number, epoch, alone=alone)
         written.result()
         return attempt
 
-    def start_later(self, eval_name: str, number: int, epoch: int = 0) -> tuple[Attempt, Future[None]]:
-        """Write an attempt's start now, without waiting: the caller may launch the process meanwhile."""
+    def start_later(
+        self, eval_name: str, number: int, epoch: int = 0, *, alone: bool = False
+    ) -> tuple[Attempt, Future[None]]:
+        """Claim attempt *number* of *eval_name* (create-only; AttemptTakenError if another writer
+        has it), then write its start without waiting: the caller may launch the process meanwhile.
+        """
         with self._lock:
             self._attempts += 1
             attempt_id = f"{self.writer}-{self._attempts}"
-        attempt = Attempt(attempt_id, eval_name, number, self.worker, time.time(), epoch=epoch)
-        return attempt, self._recorder.submit(attempt, urgent=True)
+        attempt = Attempt(attempt_id, eval_name, number, self.worker, time.time(), epoch=epoch, alone=alone)
+        claim = {"attempt": attempt_id, "writer": self.writer, "worker": self.worker, "started_at": attempt.started_at}
+        try:
+            self.backend.create(self._claim_path(eval_name, number), json.dumps(claim).encode(), durable=True)
+        except ConflictError as exc:
+            msg = f"attempt {number} of eval {eval_name!r} was claimed by another writer"
+            raise AttemptTakenError(msg) from exc
+        return attempt, self._events.submit(attempt, urgent=True)
+
+    def _claim_path(self, eval_name: str, number: int) -> str:
+        return f"{self.location.sidecar}/claims/{self.generation() or 'run'}/{encode_key(eval_name)}/{number}.json"
 
     def record(self, attempt: Attempt) -> None:
         """Store one attempt record durably (a start, an end, or a give-up on a lost attempt)."""
-        self._recorder.submit(_trimmed(attempt), urgent=True).result()
+        self._events.submit(_trimmed(attempt), urgent=True).result()
 
     def record_later(self, attempt: Attempt) -> Future[None]:
         """Queue a record to go out with the next write; the future resolves once it is durable
         (acknowledge what it records only then).
         """
-        return self._recorder.submit(_trimmed(attempt), urgent=False)
+        return self._events.submit(_trimmed(attempt), urgent=False)
 
     def flush(self) -> None:
         """Wait until every queued record is written."""
-        self._recorder.flush()
+        self._events.recorder.flush()
+
+    def wait_for_room(self, limit: int, stop: threading.Event) -> None:
+        """Block while more than *limit* records are unwritten (a slow store slows the run)."""
+        self._events.recorder.wait_below(limit, stop)
 
     def _log_path(self, eval_name: str, number: int) -> str:
         return f"{self.location.sidecar}/logs/{encode_key(eval_name)}/{number}.log"
@@ -230,140 +282,56 @@ class ProgressStore:
         names = self.backend.listdir(f"{self.location.sidecar}/logs/{encode_key(eval_name)}")
         return sorted(int(n.removesuffix(".log")) for n in names if n.removesuffix(".log").isdigit())
 
-    def _write_events(self, attempts: Sequence[Attempt]) -> None:
-        """One create-only event object holding a batch of records, one JSON object per line."""
-        with self._lock:
-            self._seq += 1
-            name = f"{self.writer}-{self._seq:09d}.json"
-        data = "\n".join(json.dumps(a.to_json(), separators=(",", ":")) for a in attempts).encode()
-        self.backend.create(f"{self.location.events}/{name}", data, durable=True)
-        with self._lock:
-            self._own[name] = list(attempts)
-            self._dirty = True
-
     # --- reading and compaction -----------------------------------------------------------
 
     def load(self) -> RunState:
         """The run's state as stored now: snapshot plus the events not yet folded into it."""
-        state, _, _ = self._gather()
+        state, names, _ = self._compactor.gather()
+        self.pending_events = len(names)
         return state
 
-    def _gather(self) -> tuple[RunState, list[str], str | None]:
-        names = [n for n in self.backend.listdir(self.location.events) if _EVENT_NAME.match(n)]
-        events = self._read_events(names)
-        tag, base = self._read_snapshot()
-        state = base.copy()
-        state.merge(events)
-        return state, names, tag
-
-    def _read_events(self, names: list[str]) -> list[Attempt]:
-        with self._lock:
-            own = {name: self._own[name] for name in names if name in self._own}
-        events = [attempt for batch in own.values() for attempt in batch]
-        for name in names:
-            if name in own:
-                continue
-            blob = self.backend.read(f"{self.location.events}/{name}")
-            if blob is None:
-                continue  # folded and deleted by a compactor since we listed it
-            try:
-                events.extend(Attempt.from_json(json.loads(line)) for line in blob.data.splitlines() if line)
-            except (ValueError, KeyError, TypeError):
-                log.warning("progress.event_unreadable", event=name, progress=self.location.uri)
-        return events
-
-    def _read_snapshot(self) -> tuple[str | None, RunState]:
-        path = f"{self.location.sidecar}/snapshot.json"
-        cached = self._snapshot
-        if cached is not None and self.backend.tag(path) == cached[0]:
-            return cached
-        blob = self.backend.read(path)
-        if blob is None:
-            return None, self._imported()
-        try:
-            raw = json.loads(blob.data)
-            state = RunState()
-            state.merge(Attempt.from_json(item) for item in raw["attempts"])
-        except (ValueError, KeyError, TypeError) as exc:
-            msg = f"corrupt progress snapshot at {self.location.uri}.d/snapshot.json: {exc}"
-            raise StoreError(msg) from None
-        self._snapshot = (blob.tag, state)
-        return blob.tag, state
-
     def _imported(self) -> RunState:
-        """Before our first snapshot, a progress file here is another tool's (oaievalset's)."""
+        """Before our first snapshot, a progress file here is oaievalset's: its completions of
+        this run's model and extra args count.
+        """
         state = RunState()
         blob = self.backend.read(self.location.path)
         if blob is not None:
-            names = parse_progress_lines(blob.data.decode("utf-8", errors="replace"))
-            state.merge(
-                Attempt(
-                    f"import-{i}", name, 0, "imported", 0.0, outcome=Outcome.COMPLETED, ended_at=float(i), exit_code=0
-                )
-                for i, name in enumerate(names)
-            )
+            self.generation()  # reads the identity, if not yet known
+            ident = self._identity
+            model, extra = (None, None) if ident is None else (ident.model, ident.extra_args)
+            state.merge(imported_attempts(blob.data, model, extra))
         return state
 
     def compact(self) -> RunState:
         """Fold events into the snapshot, rewrite the progress file, delete the folded events."""
-        with self._compact_lock:
-            for _ in range(_COMPACT_TRIES):
-                with self._lock:
-                    self._dirty = False
-                state, names, tag = self._gather()
-                if tag is not None and not names:
-                    return state
-                snapshot = {"version": 1, "attempts": [a.to_json() for a in state.all_attempts()]}
-                data = json.dumps(snapshot, separators=(",", ":")).encode()
-                try:
-                    new_tag = self.backend.replace(f"{self.location.sidecar}/snapshot.json", data, tag)
-                except ConflictError:
-                    time.sleep(random.uniform(0.01, 0.1))  # noqa: S311 - jitter, not crypto
-                    continue
-                self._snapshot = (new_tag, state)
-                lines = "".join(f"{name}\n" for name in state.completed_order())
-                self.backend.write(self.location.path, lines.encode())
-                self.backend.delete([f"{self.location.events}/{name}" for name in names])
-                with self._lock:
-                    for name in names:
-                        self._own.pop(name, None)
-                return state
-        msg = f"could not compact progress at {self.location.uri}: too many concurrent compactions"
-        raise StoreError(msg)
+        return self._compactor.compact()
 
     @contextlib.contextmanager
-    def compacting(self, every: float) -> Iterator[None]:
-        """Compact in the background every *every* seconds while events arrive, and once at exit."""
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.wait(every):
-                if self._dirty:
-                    try:
-                        self.compact()
-                    except StoreError as exc:
-                        log.warning("progress.compaction_failed", error=str(exc), progress=self.location.uri)
-
-        thread = threading.Thread(target=loop, name="batchrun-compactor", daemon=True)
-        thread.start()
-        try:
+    def compacting(self, every: float, final: Callable[[], None] | None = None) -> Iterator[None]:
+        """Compact in the background every *every* seconds while events arrive; at exit call
+        *final*, by default: write every queued record, then compact once more.
+        """
+        with self._compactor.compacting(every, final or self._final):
             yield
-        finally:
-            stop.set()
-            thread.join()
-            self.flush()
-            self.compact()
+
+    def _final(self) -> None:
+        self.flush()
+        self.compact()
 
     def exists(self) -> bool:
         """Whether anything of this run (or an oaievalset progress file) is stored here."""
         return self.backend.read(self.location.path) is not None or bool(self.backend.listdir(self.location.sidecar))
 
     def reset(self) -> None:
-        """Delete the run's progress; the progress file goes first, so a half-done reset never
-        leaves a bare progress file that the next run would import.
+        """Delete the run's progress. The identity and snapshot go first: a writer or compactor
+        that outlives the reset then fails its conditional writes, or writes under a generation
+        that no later run reads; the progress file goes last.
         """
+        sidecar = self.location.sidecar
+        self.backend.delete([self._identity_path, f"{sidecar}/snapshot.json"])
+        self.backend.delete_tree(sidecar)
         self.backend.delete([self.location.path])
-        self.backend.delete_tree(self.location.sidecar)
-        self._snapshot = None
-        with self._lock:
-            self._own.clear()
+        self._compactor.forget()
+        self._events.clear()
+        self._identity, self._identity_known = None, False
