@@ -1,5 +1,6 @@
-"""Running an eval set: which evals still need to run, how many at once, one subprocess per
-attempt, retries with backoff, and an orderly stop when a signal asks for one.
+"""Running an eval set: which evals still need to run, how many at once, retries with backoff,
+the rule for attempts lost with their pod (_policy.py), and an orderly stop when a signal asks
+for one. Processes are _execution.py's job; what is stored, progress.py's.
 """
 
 from __future__ import annotations
@@ -10,21 +11,28 @@ import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import structlog
 
 from batchrun._console import Console
-from batchrun._process import EvalProcess, Output
+from batchrun._execution import ExecutionPolicy, Executor, Result
+from batchrun._policy import AloneGate, NextStep, next_step
 from batchrun._signals import StopRequest
 from batchrun._state import Attempt, EvalState, Outcome, RunState
 from batchrun.command import CommandTemplate
-from batchrun.errors import EXIT_EVAL_FAILED, EXIT_OK
+from batchrun.errors import EXIT_EVAL_FAILED, EXIT_OK, AttemptTakenError, StoreError
 from batchrun.evalset import EvalSet
 from batchrun.progress import ProgressStore
 
 COMPACT_EVERY_S = 2.0
+COMPACT_AT_START = 50  # unfolded events at start-up beyond which the run compacts first
 BACKOFF_CAP_S = 300.0
+FINAL_WRITE_S = 5.0  # during a stop: how long the last records and compaction may take
+_POLL_OTHER_S = 2.0  # how often to look at an attempt another writer runs
+_ORPHAN_CLAIM_S = 10.0  # a claim whose attempt record never appears was left by a dead writer
+
+Log = structlog.typing.FilteringBoundLogger
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +44,7 @@ class RunPlan:
     template: CommandTemplate
     jobs: int = 1
     max_attempts: int = 3
+    max_lost: int = 3
     retry_backoff: float = 5.0
     retry_failed: bool = False
     eval_timeout: float | None = None
@@ -61,24 +70,6 @@ class RunSummary:
         return EXIT_EVAL_FAILED if self.failed or self.done < self.total else EXIT_OK
 
 
-@dataclass(slots=True)
-class _Running:
-    """An attempt's process while it runs."""
-
-    process: EvalProcess
-    stopped: bool = False  # sent the stop signal because batchrun is stopping
-
-
-@dataclass(slots=True)
-class _Result:
-    exit_code: int
-    tail: tuple[str, ...]
-    output: bytes
-    interrupted: bool = False
-    timed_out: bool = False
-    reason: str | None = None
-
-
 class Runner:
     """Runs the evals of a plan that the store does not record as done, *jobs* at a time."""
 
@@ -88,12 +79,13 @@ class Runner:
         self.store = store
         self.console = console
         self.stop = stop or StopRequest()
-        self.log = structlog.get_logger("batchrun").bind(
+        self.log: Log = structlog.get_logger("batchrun").bind(
             model=plan.model, eval_set=plan.eval_set.name, worker=store.worker, progress=store.location.uri
         )
         self._lock = threading.Lock()
-        self._running: dict[str, _Running] = {}
         self._state = RunState()
+        self._gate = AloneGate()
+        self._taken: dict[str, int] = {}  # per eval, the highest attempt number another writer claimed
         self._done = 0
         self._failed: list[str] = []
         self._ran = 0
@@ -101,12 +93,14 @@ class Runner:
         self._unacknowledged = 0
         self._errors: list[BaseException] = []
         # What every eval's environment shares, read once (os.environ decodes on every access).
-        self._env = {
+        env = {
             **os.environ,
             "BATCHRUN_MODEL": plan.model,
             "BATCHRUN_EVAL_SET": plan.eval_set.name,
             "BATCHRUN_PROGRESS": store.location.uri,
         }
+        policy = ExecutionPolicy(plan.jobs > 1, plan.eval_timeout, plan.stop_signal, plan.grace)
+        self.executor = Executor(policy, console, self.stop, env, self.log)
 
     # --- the run --------------------------------------------------------------------------
 
@@ -114,16 +108,9 @@ class Runner:
         """Run what is missing; return when every started attempt has ended or been stopped."""
         evals = self.plan.eval_set.evals
         self._state = self.store.load()
-        queue: list[tuple[str, int]] = []
-        for name in evals:
-            state = self._state.state(name)
-            if state is EvalState.DONE:
-                self._done += 1
-            elif state is EvalState.FAILED and not self.plan.retry_failed:
-                self._failed.append(name)
-            else:
-                epoch = self._state.epoch(name) + (1 if state is EvalState.FAILED else 0)
-                queue.append((name, epoch))
+        if self.store.pending_events > COMPACT_AT_START:  # many kills left many events: fold them once
+            self._state = self.store.compact()
+        queue = self._queue(evals)
         self.log.info(
             "run.started",
             total=len(evals),
@@ -132,19 +119,21 @@ class Runner:
             pending=len(queue),
             jobs=self.plan.jobs,
             max_attempts=self.plan.max_attempts,
+            max_lost=self.plan.max_lost,
         )
         started = time.monotonic()
         self.stop.on_stop(self._begin_stop)
         self.console.start_bar(done=self._done, total=len(evals))
         try:
-            with self.store.compacting(every=COMPACT_EVERY_S):
+            with self.store.compacting(every=COMPACT_EVERY_S, final=self._final_write):
                 try:
                     self._run_queue(queue)
-                    self._wait_for_acknowledgements()
                 finally:
-                    self._kill_all()
+                    self.executor.kill_all()
         finally:
             self.console.stop_bar()
+        if self._errors:
+            raise self._errors[0]
         summary = RunSummary(
             total=len(evals), done=self._done, failed=tuple(self._failed), ran=self._ran, stopped_by=self.stop.signum
         )
@@ -162,6 +151,20 @@ class Runner:
             self.log.info("run.finished", **fields)
         return summary
 
+    def _queue(self, evals: tuple[str, ...]) -> list[tuple[str, int]]:
+        """The evals to run, with their round; those whose last attempt was lost go first."""
+        queue: list[tuple[str, int]] = []
+        for name in evals:
+            state = self._state.state(name)
+            if state is EvalState.DONE:
+                self._done += 1
+            elif state is EvalState.FAILED and not self.plan.retry_failed:
+                self._failed.append(name)
+            else:
+                epoch = self._state.epoch(name) + (1 if state is EvalState.FAILED else 0)
+                queue.append((name, epoch))
+        return sorted(queue, key=lambda item: not self._decide(*item).alone)
+
     def _run_queue(self, queue: list[tuple[str, int]]) -> None:
         with ThreadPoolExecutor(self.plan.jobs, thread_name_prefix="batchrun-eval") as pool:
             futures: list[Future[None]] = [pool.submit(self._run_eval, name, epoch) for name, epoch in queue]
@@ -175,52 +178,119 @@ class Runner:
                     future.cancel()
                 raise
 
+    def _final_write(self) -> None:
+        """The last records and compaction; during a stop, bounded, so the exit stays prompt."""
+        if not self.stop.requested.is_set():
+            self.store.flush()
+            self._wait_for_acknowledgements(None)
+            self.store.compact()
+            return
+        finished = threading.Event()
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self.store.flush()
+                self.store.compact()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                failure.append(exc)
+            finally:
+                finished.set()
+
+        threading.Thread(target=work, name="batchrun-final-write", daemon=True).start()
+        deadline = time.monotonic() + FINAL_WRITE_S
+        while not finished.wait(0.05) and time.monotonic() < deadline and not self.stop.urgent.is_set():
+            pass
+        if not finished.is_set() or failure:
+            error = str(failure[0]) if failure else f"not done within {FINAL_WRITE_S:g} s"
+            self.log.warning("run.progress_not_saved", error=error)
+            return
+        self._wait_for_acknowledgements(FINAL_WRITE_S)
+
     # --- one eval -------------------------------------------------------------------------
+
+    def _decide(self, name: str, epoch: int) -> NextStep:
+        with self._lock:
+            attempts = [a for a in self._state.of(name) if a.epoch == epoch]
+        return next_step(
+            attempts,
+            max_attempts=self.plan.max_attempts,
+            max_lost=self.plan.max_lost,
+            running=self.executor.running_ids(),
+        )
 
     def _run_eval(self, name: str, epoch: int) -> None:
         """Attempts of one eval until it completes, gives up, or the run stops."""
         while not self.stop.requested.is_set():
-            with self._lock:
-                counted = self._state.counted(name, epoch)
-                number = self._state.next_number(name)
-            if len(counted) >= self.plan.max_attempts:
-                self._give_up(name, counted)
+            if self._settled_elsewhere(name):
                 return
-            # The start record is written while the process launches (one store write at most): a
-            # pod lost in between loses the count of this one attempt, nothing else.
-            attempt, start_written = self.store.start_later(name, number, epoch)
-            start_written.add_done_callback(self._check_written)
-            self._remember(attempt)
-            log = self.log.bind(eval=name, attempt=number)
-            argv = self.plan.template.render(
-                model=self.plan.model, eval_name=name, eval_set=self.plan.eval_set.name, attempt=number
-            )
-            log.info("eval.started", command=argv)
-            started = time.monotonic()
-            result = self._execute(attempt, argv)
-            duration = round(time.monotonic() - started, 3)
-            if result is None:  # the run is stopping: this attempt never started
-                self._record(attempt.finished(Outcome.INTERRUPTED, exit_code=None, reason="stopping"))
+            step = self._decide(name, epoch)
+            if step.give_up is not None:
+                self._give_up(step.give_up, step.failures)
                 return
-            with self._lock:
-                self._ran += 1
-            if result.output:
-                self.store.save_log(name, number, result.output)
-            if self._finish(attempt, result, len(counted) + 1, duration, log):
+            alone = step.alone or self.plan.jobs == 1
+            with self._gate.entered(alone=step.alone, stop=self.stop.requested) as entered:
+                if not entered:
+                    return
+                # Backpressure: no new eval while the store is behind with what the last ones did.
+                self.store.wait_for_room(self.plan.jobs, self.stop.requested)
+                with self._lock:
+                    number = max(self._state.next_number(name), self._taken.get(name, 0) + 1)
+                try:
+                    attempt, start_written = self.store.start_later(name, number, epoch, alone=alone)
+                except AttemptTakenError:
+                    self._wait_for_other_writer(name, number)
+                    continue
+                start_written.add_done_callback(self._check_written)
+                self._remember(attempt)
+                outcome = self._attempt(attempt, step.failures)
+            if outcome is None:
                 return
-            delay = self._backoff(len(counted) + 1)
-            log.info("eval.retry_scheduled", delay_s=round(delay, 2), attempts=len(counted) + 1)
+            if outcome:
+                return
+            delay = self._backoff(step.failures + 1)
+            self.log.info("eval.retry_scheduled", eval=name, delay_s=round(delay, 2), attempts=step.failures + 1)
             if self.stop.requested.wait(delay):
                 return
 
-    def _finish(
-        self,
-        attempt: Attempt,
-        result: _Result,
-        attempts: int,
-        duration: float,
-        log: structlog.typing.FilteringBoundLogger,
-    ) -> bool:
+    def _settled_elsewhere(self, name: str) -> bool:
+        """Whether another writer completed the eval, or gave it up, while we waited for it."""
+        with self._lock:
+            state = self._state.state(name)
+            if state is EvalState.DONE:
+                self._done += 1
+            elif state is EvalState.FAILED:
+                self._failed.append(name)
+            else:
+                return False
+        return True
+
+    def _attempt(self, attempt: Attempt, failures: int) -> bool | None:
+        """Run one claimed attempt and record how it ended: True when the eval needs no further
+        attempt now, False to retry, None when the run stopped before it started.
+        """
+        log = self.log.bind(eval=attempt.eval, attempt=attempt.number)
+        argv = self.plan.template.render(
+            model=self.plan.model, eval_name=attempt.eval, eval_set=self.plan.eval_set.name, attempt=attempt.number
+        )
+        log.info("eval.started", command=argv, alone=attempt.alone)
+        started = time.monotonic()
+        result = self.executor.execute(attempt, argv)
+        duration = round(time.monotonic() - started, 3)
+        if result is None:  # the run is stopping: this attempt never started
+            self._record(attempt.finished(Outcome.INTERRUPTED, exit_code=None, reason="stopping"))
+            return None
+        with self._lock:
+            self._ran += 1
+        finished = self._finish(attempt, result, failures + 1, duration, log)
+        if result.output:  # after the outcome is recorded: a log that can't be saved loses nothing
+            try:
+                self.store.save_log(attempt.eval, attempt.number, result.output)
+            except StoreError as exc:
+                log.warning("eval.log_not_saved", error=str(exc))
+        return finished
+
+    def _finish(self, attempt: Attempt, result: Result, attempts: int, duration: float, log: Log) -> bool:
         """Record how an attempt ended; True when the eval needs no further attempt now."""
         total = len(self.plan.eval_set.evals)
         if result.interrupted:
@@ -258,7 +328,25 @@ class Runner:
         )
         return final
 
-    def _acknowledge(self, written: Future[None], log: structlog.typing.FilteringBoundLogger, duration: float) -> None:
+    def _wait_for_other_writer(self, name: str, number: int) -> None:
+        """Another process claimed attempt *number* first: wait until that attempt has ended (its
+        record says so) before deciding again, so two writers never exceed --max-attempts.
+        """
+        with self._lock:
+            self._taken[name] = max(self._taken.get(name, 0), number)
+        self.log.info("eval.claimed_elsewhere", eval=name, attempt=number)
+        first_seen = time.monotonic()
+        while not self.stop.requested.wait(_POLL_OTHER_S):
+            state = self.store.load()
+            theirs = [a for a in state.of(name) if a.number == number]
+            with self._lock:
+                self._state.merge(a for by_id in state.attempts.values() for a in by_id.values())
+            if state.state(name) is EvalState.DONE or any(a.outcome is not None for a in theirs):
+                return
+            if not theirs and time.monotonic() - first_seen > _ORPHAN_CLAIM_S:
+                return  # the claim's writer died before recording the attempt: it never ran
+
+    def _acknowledge(self, written: Future[None], log: Log, duration: float) -> None:
         """Log a completion once its record is durable; a write that failed stops the run."""
         if written.exception() is None:
             with self._lock:
@@ -280,31 +368,22 @@ class Runner:
                 self._errors.append(error)
             self.stop.request(self.plan.stop_signal)
 
-    def _wait_for_acknowledgements(self) -> None:
-        self.store.flush()
+    def _wait_for_acknowledgements(self, timeout: float | None) -> None:
         with self._acks:
-            self._acks.wait_for(lambda: self._unacknowledged == 0)
-        if self._errors:
-            raise self._errors[0]
+            self._acks.wait_for(lambda: self._unacknowledged == 0, timeout)
 
-    def _give_up(self, name: str, counted: list[Attempt]) -> None:
-        """Record an eval as failed whose attempts are used up, e.g. by pods that died during it."""
-        latest = counted[-1]
-        if latest.outcome is None:
-            note = "attempt never finished: batchrun or its pod died during it (killed, OOM, node lost)"
-            record = latest.finished(Outcome.FAILED, exit_code=None, final=True, reason="lost", tail=(note,))
-        else:
-            record = replace(latest, final=True)
+    def _give_up(self, record: Attempt, failures: int) -> None:
+        """Record an eval as failed whose attempts are used up, or that kept killing its pod."""
         self._record(record)
         with self._lock:
-            self._failed.append(name)
+            self._failed.append(record.eval)
         self.log.warning(
             "eval.failed",
-            eval=name,
-            attempt=latest.number,
+            eval=record.eval,
+            attempt=record.number,
             exit_code=record.exit_code,
             reason=record.reason,
-            attempts=len(counted),
+            attempts=failures,
             final=True,
         )
 
@@ -322,65 +401,7 @@ class Runner:
         ceiling = min(BACKOFF_CAP_S, self.plan.retry_backoff * 2 ** (attempts - 1))
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
 
-    # --- processes ------------------------------------------------------------------------
-
-    def _execute(self, attempt: Attempt, argv: list[str]) -> _Result | None:
-        """Run one attempt in its own process group; None if the run began stopping first."""
-        env = {**self._env, "BATCHRUN_EVAL": attempt.eval, "BATCHRUN_ATTEMPT": str(attempt.number)}
-        with self._lock:  # no process starts once the stop has taken its list of running ones
-            if self.stop.requested.is_set():
-                return None
-            try:
-                process = EvalProcess(argv, env)
-            except OSError as exc:
-                # 127/126 as a shell would say: not found / not executable.
-                code = 127 if isinstance(exc, FileNotFoundError) else 126
-                return _Result(code, (f"cannot start {argv[0]!r}: {exc.strerror or exc}",), b"", reason="spawn")
-            running = self._running[attempt.id] = _Running(process)
-        output = Output()
-        prefix = f"[{attempt.eval}] ".encode() if self.plan.jobs > 1 else b""
-        timeout = self.plan.eval_timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        timed_out = not process.pump(self.console, prefix, output, deadline)
-        if timed_out:
-            self.log.warning("eval.timed_out", eval=attempt.eval, attempt=attempt.number, timeout_s=timeout)
-            process.stop(self.plan.stop_signal, self.plan.grace, self.stop.urgent)
-            process.pump(self.console, prefix, output, None)
-        code = process.reap()
-        with self._lock:
-            del self._running[attempt.id]
-        tail = tuple(output.tail)
-        if timed_out:
-            tail = (*tail, f"batchrun: timed out after {timeout:g} s")
-        reason = "timeout" if timed_out else ("signal" if code < 0 else "exit")
-        return _Result(code, tail, output.read(), interrupted=running.stopped, timed_out=timed_out, reason=reason)
-
     def _begin_stop(self) -> None:
         """First stop signal: start no new eval, and stop the running ones in the background."""
-        threading.Thread(target=self._stop_running, name="batchrun-stopper", daemon=True).start()
-
-    def _stop_running(self) -> None:
-        with self._lock:
-            running = [e for e in self._running.values() if not e.process.exited()]
-            for entry in running:
-                entry.stopped = True  # whatever it exits with now, it was interrupted
-        self.log.warning("run.stopping", signal=_signal_name(self.stop.signum), running=len(running))
-        for entry in running:
-            entry.process.send(self.plan.stop_signal)
-        deadline = time.monotonic() + self.plan.grace
-        while not all(e.process.exited() for e in running) and time.monotonic() < deadline:
-            if self.stop.urgent.wait(0.05):
-                break
-        for entry in running:
-            entry.process.send(signal.SIGKILL)
-
-    def _kill_all(self) -> None:
-        """No child outlives batchrun, whatever ended the run."""
-        with self._lock:
-            running = list(self._running.values())
-        for entry in running:
-            entry.process.send(signal.SIGKILL)
-
-
-def _signal_name(signum: int | None) -> str | None:
-    return None if signum is None else signal.Signals(signum).name
+        self._gate.wake()
+        threading.Thread(target=self.executor.stop_running, name="batchrun-stopper", daemon=True).start()

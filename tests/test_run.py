@@ -135,18 +135,53 @@ def test_fresh_forgets_earlier_progress(workdir: Path) -> None:
 
 
 def test_oaievalset_progress_file_is_picked_up(tmp_path: Path) -> None:
-    """Pointed at oaievalset's progress file, batchrun runs only the evals it lacks."""
-    (tmp_path / "set.yaml").write_text("s: {evals: [a, b, c]}\n")
+    """Pointed at oaievalset's progress file, batchrun runs only the evals it lacks: lines of this
+    model with the same extra args are completions; another model's or other extra args' are not.
+    """
+    (tmp_path / "set.yaml").write_text("s: {evals: [a, b, c, d]}\n")
     progress = tmp_path / "oaievalset" / "m.s.progress.txt"
     progress.parent.mkdir()
-    progress.write_text('["oaieval", "m", "a"]\n["oaieval", "m", "c", "--registry_path", "x"]\n')
+    progress.write_text(
+        '["oaieval", "m", "a"]\n["oaieval", "m", "c", "--registry_path", "x"]\n["oaieval", "other", "d"]\n'
+    )
     journal = tmp_path / "journal"
     result = batchrun(
         "run", "m", "set.yaml", "--progress", str(progress), "--command", fake_command(journal), cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
-    assert starts(journal) == Counter({"b": 1})
-    assert progress.read_text().splitlines() == ["a", "c", "b"]
+    assert starts(journal) == Counter({"b": 1, "c": 1, "d": 1})
+    assert progress.read_text().splitlines() == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "notes: buy milk\nb\n",  # a line that names an eval of the set
+        "s:\n  evals: [a, b]\n",  # the eval-set YAML given as --progress by mistake
+        "b\n",  # plain names with no sidecar: not recognisably anyone's progress
+        '["oaieval", "m", "a"]\nplain\n',
+    ],
+)
+def test_a_file_that_is_not_a_progress_file_is_refused_and_untouched(tmp_path: Path, content: str) -> None:
+    """--progress naming a file that is neither batchrun's nor oaievalset's: exit 2, one line,
+    nothing imported, run, rewritten or deleted (--fresh and reset included).
+    """
+    (tmp_path / "set.yaml").write_text("s: {evals: [a, b]}\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_text(content)
+    journal = tmp_path / "journal"
+    for extra in ([], ["--fresh"]):
+        result = batchrun(
+            "run", "m", "set.yaml", "--progress", str(notes), "--command", fake_command(journal), *extra, cwd=tmp_path
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1
+        assert "is not a progress file" in result.stderr
+    reset = batchrun("reset", "--progress", str(notes), "--yes", cwd=tmp_path)
+    assert reset.returncode == 2, reset.stderr
+    assert notes.read_text() == content
+    assert not journal.exists()
+    assert not (tmp_path / "notes.txt.d").exists()
 
 
 def test_status_from_the_progress_uri_alone(workdir: Path) -> None:
