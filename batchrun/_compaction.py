@@ -10,7 +10,9 @@ Why racing compactors and resets are safe:
   then checks that the snapshot is the one it wrote and that the run's generation is its own,
   then replaces P with If-Match on the tag it read (create-only if P was absent). A newer
   compactor's P therefore never gets overwritten with older content, and a reset (which deletes
-  ``run.json`` and the snapshot before P) makes late writers fail.
+  ``run.json`` and the snapshot before P) makes late writers fail. A compactor that passed its
+  checks just before a reset and recreated P just after it finds ``run.json`` gone when it looks
+  again, and deletes what it wrote.
 """
 
 from __future__ import annotations
@@ -147,6 +149,12 @@ class Compactor:
                 self.backend.replace(self.progress_path, data, None if current is None else current.tag)
             except ConflictError:
                 continue
+            if self._stored_generation() != self._generation():
+                # The run was reset between our checks and our write (which recreated P after the
+                # reset deleted it): take our write back, so the reset wins.
+                written = self.backend.read(self.progress_path)
+                if written is not None and written.data == data:
+                    self.backend.delete([self.progress_path])
             return
 
     @contextlib.contextmanager

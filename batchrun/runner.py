@@ -222,7 +222,7 @@ class Runner:
     def _run_eval(self, name: str, epoch: int) -> None:
         """Attempts of one eval until it completes, gives up, or the run stops."""
         while not self.stop.requested.is_set():
-            if self._settled_elsewhere(name):
+            if self._settled_elsewhere(name, epoch):
                 return
             step = self._decide(name, epoch)
             if step.give_up is not None:
@@ -253,13 +253,13 @@ class Runner:
             if self.stop.requested.wait(delay):
                 return
 
-    def _settled_elsewhere(self, name: str) -> bool:
-        """Whether another writer completed the eval, or gave it up, while we waited for it."""
+    def _settled_elsewhere(self, name: str, epoch: int) -> bool:
+        """Whether another writer completed the eval, or gave up this round of it, meanwhile."""
         with self._lock:
-            state = self._state.state(name)
-            if state is EvalState.DONE:
+            attempts = self._state.of(name)
+            if any(a.outcome is Outcome.COMPLETED for a in attempts):
                 self._done += 1
-            elif state is EvalState.FAILED:
+            elif any(a.final and a.epoch == epoch for a in attempts):
                 self._failed.append(name)
             else:
                 return False
