@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,17 @@ def fake_command(journal: Path, *flags: str) -> str:
     """A --command that runs the fake eval, journalling each start and end to *journal*."""
     extra = " ".join(flags)
     return f"{sys.executable} {FAKE_EVAL} {{eval}} {{attempt}} --journal {journal} {extra}".strip()
+
+
+def wait_for_recorded_attempts(uri: str, eval_name: str, count: int, timeout: float = 60) -> None:
+    """Wait until the store at *uri* holds *count* attempts of *eval_name* (a start is recorded while
+    the eval's process launches, so a process seen running may not be counted yet).
+    """
+    deadline = time.monotonic() + timeout
+    while len(open_store(uri).load().of(eval_name)) < count:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{eval_name}: fewer than {count} attempts recorded at {uri} after {timeout} s")
+        time.sleep(0.05)
 
 
 def journal_entries(journal: Path) -> list[list[str]]:

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import boto3
 import pytest
-from helpers import BUCKET, batchrun, fake_command, journal_entries, kill_fake_evals, open_store
+from helpers import (
+    BUCKET,
+    batchrun,
+    fake_command,
+    journal_entries,
+    kill_fake_evals,
+    open_store,
+    wait_for_recorded_attempts,
+)
 
 from batchrun import EvalState
 
@@ -139,11 +147,15 @@ def test_kill_during_an_eval_reruns_it_and_counts_the_attempt(s3_env: dict[str, 
     (tmp_path / "set.txt").write_text("slow\n")
     journal = tmp_path / "journal"
     progress = f"s3://{BUCKET}/runs/slow.progress.txt"
-    args = ["run", "m", "set.txt", "--progress", progress, "--command", fake_command(journal, "--sleep", "2")]
+    args = ["run", "m", "set.txt", "--progress", progress, "--command", fake_command(journal, "--sleep", "3")]
     proc = start_batchrun(args, s3_env, tmp_path)
     deadline = time.monotonic() + 30
     while not journal_entries(journal) and time.monotonic() < deadline:
         time.sleep(0.05)
+    # The start record is written while the process launches: kill once it is stored, not on a guess.
+    wait_for_recorded_attempts(progress, "slow", 1)
+    assert proc.poll() is None
+    assert not [e for e in journal_entries(journal) if e[0] == "end"], "the eval ended before the kill"
     kill_pod(proc, journal)
     report = batchrun("status", "--progress", progress, "--json", env=s3_env, cwd=tmp_path).stdout
     assert '"state": "pending", "attempts": 1' in report

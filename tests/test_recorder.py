@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 
 from batchrun._recorder import GroupCommit
@@ -14,7 +13,7 @@ def test_queued_items_go_out_together_with_an_urgent_one() -> None:
     batches: list[list[int]] = []
     commit: GroupCommit[int] = GroupCommit(lambda items: batches.append(list(items)), linger=5.0)
     first = commit.submit(1, urgent=False)
-    commit.submit(2, urgent=True).result(timeout=5)
+    commit.submit(2, urgent=True).result(timeout=30)
     assert first.done()
     assert batches == [[1, 2]]
     commit.close()
@@ -22,22 +21,29 @@ def test_queued_items_go_out_together_with_an_urgent_one() -> None:
 
 def test_flush_waits_for_the_batch_being_written() -> None:
     """flush() returns only after a write already in progress has finished."""
-    started, release = threading.Event(), threading.Event()
+    started, release, flushed = threading.Event(), threading.Event(), threading.Event()
     written: list[int] = []
+    seen_by_flush: list[list[int]] = []
 
     def slow_write(items: Sequence[int]) -> None:
         started.set()
-        release.wait(5)
+        release.wait(30)
         written.extend(items)
+
+    def flush() -> None:
+        commit.flush()
+        seen_by_flush.append(list(written))
+        flushed.set()
 
     commit: GroupCommit[int] = GroupCommit(slow_write)
     commit.submit(1, urgent=True)
-    assert started.wait(5)
-    threading.Timer(0.2, release.set).start()
-    began = time.monotonic()
-    commit.flush()
-    assert written == [1]
-    assert time.monotonic() - began >= 0.1
+    assert started.wait(30)
+    flusher = threading.Thread(target=flush)
+    flusher.start()
+    assert not flushed.wait(0.2)  # the write is held: a flush that returned now would not have waited
+    release.set()
+    flusher.join(30)
+    assert seen_by_flush == [[1]]
     commit.close()
 
 
@@ -51,6 +57,6 @@ def test_a_failed_write_fails_every_item_of_its_batch() -> None:
     commit: GroupCommit[int] = GroupCommit(failing, linger=5.0)
     lazy = commit.submit(1, urgent=False)
     urgent = commit.submit(2, urgent=True)
-    assert isinstance(urgent.exception(timeout=5), OSError)
-    assert isinstance(lazy.exception(timeout=5), OSError)
+    assert isinstance(urgent.exception(timeout=30), OSError)
+    assert isinstance(lazy.exception(timeout=30), OSError)
     commit.close()
