@@ -18,9 +18,9 @@ from typer.exceptions import TyperException
 from batchrun import errors
 from batchrun._console import Console
 from batchrun._logging import LogFormat, configure_logging
-from batchrun._signals import StopRequest
+from batchrun._signals import StopRequest, reset_inherited_signals
 from batchrun.command import DEFAULT_COMMAND, CommandTemplate
-from batchrun.errors import BadInputError, BatchrunError, EvalSetError, ProgressLocationError
+from batchrun.errors import BadInputError, BatchrunError, EvalSetError, ProgressLocationError, StoppedError
 from batchrun.evalset import EvalSet, load_eval_set
 from batchrun.location import resolve_location
 from batchrun.progress import ProgressStore, RunIdentity
@@ -172,7 +172,8 @@ def run(  # noqa: PLR0913 - one parameter per documented option
 ) -> None:
     """Run every eval of EVAL_SET not yet recorded as completed, then exit."""
     stop = StopRequest()
-    stop.install()  # from here on, SIGTERM/SIGINT stop in order instead of killing mid-write
+    # From here on a stop signal ends start-up at once (StoppedError), then stops the runner in order.
+    stop.install(raising=True)
     console = Console()
     configure_logging(console, log_format, terminal=sys.stderr.isatty())
     _check_numbers(jobs=jobs, max_attempts=max_attempts, retry_backoff=retry_backoff, grace=grace, timeout=eval_timeout)
@@ -330,9 +331,12 @@ def logs(  # noqa: PLR0913
 
 def main() -> None:
     """Console-script entry point: every error becomes one line on stderr and its exit code."""
+    reset_inherited_signals()
     try:
         result = app(prog_name="batchrun", standalone_mode=False)
     except BatchrunError as exc:
+        _fail(str(exc), exc.exit_code)
+    except StoppedError as exc:  # a stop signal during start-up (a BaseException, like KeyboardInterrupt)
         _fail(str(exc), exc.exit_code)
     except TyperException as exc:  # usage errors found by the parser: unknown option, missing argument
         _fail(exc.format_message(), exc.exit_code)
@@ -360,5 +364,6 @@ def _crashed(exc: Exception) -> NoReturn:
 
 def _fail(message: str, code: int) -> NoReturn:
     if message:  # an empty one follows help that was already printed
-        typer.echo(f"batchrun: error: {message}", err=True)
+        with contextlib.suppress(OSError):  # stderr's reader is gone: the exit code still tells
+            typer.echo(f"batchrun: error: {message}", err=True)
     raise SystemExit(code)

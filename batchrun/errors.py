@@ -10,6 +10,7 @@
         └── ConflictError           a conditional write lost a race (retried internally)
             └── AttemptTakenError   another writer claimed this attempt number first
 
+    StoppedError                exit 128 + the signal: stopped during start-up (a BaseException)
     (any other exception)       exit 70 (EX_SOFTWARE): a bug in batchrun; one line on stderr,
                                 the traceback in the `run.crashed` log event
 
@@ -19,6 +20,7 @@ so the command line prints one line and exits with the class's code.
 
 from __future__ import annotations
 
+import signal
 from typing import ClassVar
 
 EXIT_OK = 0
@@ -70,3 +72,20 @@ class ConflictError(StoreError):
 
 class AttemptTakenError(ConflictError):
     """Another writer claimed this attempt number of this eval first (create-only claim)."""
+
+
+class StoppedError(BaseException):
+    """A stop signal (SIGTERM, SIGINT, SIGHUP) arrived during start-up, before any eval ran: the
+    process exits 128 + its number. Like KeyboardInterrupt it is a BaseException, so that the
+    ``except Exception`` of retry loops and libraries (fsspec, botocore) lets it through.
+    """
+
+    def __init__(self, signum: int) -> None:
+        """Name the signal in the one-line message."""
+        super().__init__(f"stopped by {signal.Signals(signum).name} during start-up, before any eval ran")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number, as a shell reports a process the signal ended."""
+        return 128 + self.signum
