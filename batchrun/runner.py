@@ -86,6 +86,7 @@ class Runner:
         self._state = RunState()
         self._gate = AloneGate()
         self._taken: dict[str, int] = {}  # per eval, the highest attempt number another writer claimed
+        self._open_at_start: set[str] = set()
         self._done = 0
         self._failed: list[str] = []
         self._ran = 0
@@ -110,6 +111,8 @@ class Runner:
         self._state = self.store.load()
         if self.store.pending_events > COMPACT_AT_START:  # many kills left many events: fold them once
             self._state = self.store.compact()
+        # Attempts open now were lost with their pods; ones that open later belong to live writers.
+        self._open_at_start = {a.id for a in self._state.all_attempts() if a.outcome is None}
         queue = self._queue(evals)
         self.log.info(
             "run.started",
@@ -216,14 +219,24 @@ class Runner:
             attempts,
             max_attempts=self.plan.max_attempts,
             max_lost=self.plan.max_lost,
-            running=self.executor.running_ids(),
+            running=self.executor.running_ids() | set(self._elsewhere(attempts)),
         )
+
+    def _elsewhere(self, attempts: list[Attempt]) -> list[str]:
+        """Open attempts that another live writer started after this run began."""
+        mine = self.executor.running_ids()
+        return [a.id for a in attempts if a.outcome is None and a.id not in mine and a.id not in self._open_at_start]
 
     def _run_eval(self, name: str, epoch: int) -> None:
         """Attempts of one eval until it completes, gives up, or the run stops."""
         while not self.stop.requested.is_set():
             if self._settled_elsewhere(name, epoch):
                 return
+            with self._lock:
+                theirs = [a for a in self._state.of(name) if a.id in self._elsewhere(self._state.of(name))]
+            if theirs:  # another writer runs this eval now: its outcome decides what comes next
+                self._wait_for_other_writer(name, theirs[-1].number)
+                continue
             step = self._decide(name, epoch)
             if step.give_up is not None:
                 self._give_up(step.give_up, step.failures)
@@ -252,6 +265,13 @@ class Runner:
             self.log.info("eval.retry_scheduled", eval=name, delay_s=round(delay, 2), attempts=step.failures + 1)
             if self.stop.requested.wait(delay):
                 return
+            self._refresh()  # what other writers did meanwhile counts toward --max-attempts too
+
+    def _refresh(self) -> None:
+        """Fold the store's current records into this run's state."""
+        state = self.store.load()
+        with self._lock:
+            self._state.merge(a for by_id in state.attempts.values() for a in by_id.values())
 
     def _settled_elsewhere(self, name: str, epoch: int) -> bool:
         """Whether another writer completed the eval, or gave up this round of it, meanwhile."""
@@ -337,11 +357,11 @@ class Runner:
         self.log.info("eval.claimed_elsewhere", eval=name, attempt=number)
         first_seen = time.monotonic()
         while not self.stop.requested.wait(_POLL_OTHER_S):
-            state = self.store.load()
-            theirs = [a for a in state.of(name) if a.number == number]
+            self._refresh()
             with self._lock:
-                self._state.merge(a for by_id in state.attempts.values() for a in by_id.values())
-            if state.state(name) is EvalState.DONE or any(a.outcome is not None for a in theirs):
+                state = self._state.state(name)
+                theirs = [a for a in self._state.of(name) if a.number == number]
+            if state is EvalState.DONE or any(a.outcome is not None for a in theirs):
                 return
             if not theirs and time.monotonic() - first_seen > _ORPHAN_CLAIM_S:
                 return  # the claim's writer died before recording the attempt: it never ran

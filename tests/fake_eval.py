@@ -1,14 +1,15 @@
 """A fake eval for tests: journals its start and end, sleeps, and fails when told to.
 
 Usage: fake_eval.py EVAL ATTEMPT --journal FILE [--sleep S] [--fail NAME]... [--fail-until NAME:N]...
-                    [--trap exit0|ignore] [--child] [--leak-pipe] [--print-cr N] [--say TEXT]
+                    [--trap exit0|ignore] [--child] [--leak-pipe] [--print-cr N] [--say TEXT]...
 Exit 3 for a NAME given to --fail; for --fail-until, exit 4 while ATTEMPT < N.
 --trap journals SIGTERM/SIGINT and then exits 0 (as inspect-ai does after saving its log) or
 ignores them. --child starts a grandchild that sleeps and journals its pid.
 --leak-pipe starts one in a session of its own (out of the eval's process group) that keeps
 stdout and stderr open for 60 s, and journals "leak EVAL PID". --print-cr N writes N bytes of
-progress-bar updates separated by carriage returns, with no newline, to stdout. --say TEXT prints TEXT on
-stdout and stderr.
+progress-bar updates separated by carriage returns, with no newline, to stdout. --say TEXT (repeatable) prints
+TEXT on stdout and stderr. --kill-parent NAME makes eval NAME SIGKILL its parent (batchrun) after its
+sleep, as an eval that gets its whole pod OOM-killed would.
 """
 
 import argparse
@@ -29,7 +30,8 @@ parser.add_argument("--trap", choices=["exit0", "ignore"])
 parser.add_argument("--child", action="store_true")
 parser.add_argument("--leak-pipe", action="store_true")
 parser.add_argument("--print-cr", type=int, default=0)
-parser.add_argument("--say", default=None)
+parser.add_argument("--say", action="append", default=[])
+parser.add_argument("--kill-parent", action="append", default=[])
 args = parser.parse_args()
 
 
@@ -70,12 +72,16 @@ if args.print_cr:
         left -= sys.stdout.buffer.write(update[:left])
     sys.stdout.buffer.write(b"100%: done")  # the last update, still no newline
     sys.stdout.flush()
-if args.say is not None:
-    print(args.say, flush=True)
-    print(args.say, file=sys.stderr, flush=True)
+for text in args.say:
+    print(text, flush=True)
+    print(text, file=sys.stderr, flush=True)
 deadline = time.monotonic() + args.sleep
 while time.monotonic() < deadline:  # short sleeps, so signal handlers run promptly
     time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+if args.eval in args.kill_parent:
+    journal("killpod", args.eval, os.getppid())
+    os.kill(os.getppid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)  # the whole pod goes
 code = 0
 if args.eval in args.fail:
     code = 3
