@@ -1,4 +1,8 @@
-"""structlog, configured once: JSON lines off a terminal (Kubernetes), readable lines on one."""
+"""structlog, configured once: JSON lines off a terminal (Kubernetes), readable lines on one.
+
+Every JSON line carries ``"logger": "batchrun"``, and while logging JSON the console labels eval
+output that could pass for such a line, so a line that parses as JSON with that field is batchrun's.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,12 @@ def _drop_run_fields(_logger: object, _method: str, event: structlog.typing.Even
     return event
 
 
+def _add_logger(_logger: object, _method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """Tell batchrun's lines from the evals' output beside them (which can't carry this field)."""
+    event["logger"] = "batchrun"
+    return event
+
+
 def configure_logging(console: Console, fmt: LogFormat = LogFormat.AUTO, *, terminal: bool) -> None:
     """Send structlog events through *console*; JSON unless *fmt* is console or stderr is a tty."""
     use_json = fmt is LogFormat.JSON or (fmt is LogFormat.AUTO and not terminal)
@@ -37,7 +47,8 @@ def configure_logging(console: Console, fmt: LogFormat = LogFormat.AUTO, *, term
         if use_json
         else structlog.dev.ConsoleRenderer(colors=terminal, exception_formatter=structlog.dev.plain_traceback)
     )
-    terse: list[structlog.typing.Processor] = [] if use_json else [_drop_run_fields]
+    terse: list[structlog.typing.Processor] = [_add_logger] if use_json else [_drop_run_fields]
+    console.guard_json = use_json
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
