@@ -17,20 +17,18 @@ import structlog
 
 from batchrun._console import Console
 from batchrun._execution import ExecutionPolicy, Executor, Result
+from batchrun._ledger import Ledger
 from batchrun._policy import AloneGate, NextStep, next_step
 from batchrun._signals import StopRequest
-from batchrun._state import Attempt, EvalState, Outcome, RunState
+from batchrun._state import Attempt, EvalState, Outcome
 from batchrun.command import CommandTemplate
 from batchrun.errors import EXIT_EVAL_FAILED, EXIT_OK, AttemptTakenError, StoreError
 from batchrun.evalset import EvalSet
 from batchrun.progress import ProgressStore
 
 COMPACT_EVERY_S = 2.0
-COMPACT_AT_START = 50  # unfolded events at start-up beyond which the run compacts first
 BACKOFF_CAP_S = 300.0
 FINAL_WRITE_S = 5.0  # during a stop: how long the last records and compaction may take
-_POLL_OTHER_S = 2.0  # how often to look at an attempt another writer runs
-_ORPHAN_CLAIM_S = 10.0  # a claim whose attempt record never appears was left by a dead writer
 
 Log = structlog.typing.FilteringBoundLogger
 
@@ -82,17 +80,8 @@ class Runner:
         self.log: Log = structlog.get_logger("batchrun").bind(
             model=plan.model, eval_set=plan.eval_set.name, worker=store.worker, progress=store.location.uri
         )
-        self._lock = threading.Lock()
-        self._state = RunState()
+        self.ledger = Ledger(store, self.stop, plan.stop_signal)
         self._gate = AloneGate()
-        self._taken: dict[str, int] = {}  # per eval, the highest attempt number another writer claimed
-        self._open_at_start: set[str] = set()
-        self._done = 0
-        self._failed: list[str] = []
-        self._ran = 0
-        self._acks = threading.Condition()
-        self._unacknowledged = 0
-        self._errors: list[BaseException] = []
         # What every eval's environment shares, read once (os.environ decodes on every access).
         env = {
             **os.environ,
@@ -108,17 +97,13 @@ class Runner:
     def run(self) -> RunSummary:
         """Run what is missing; return when every started attempt has ended or been stopped."""
         evals = self.plan.eval_set.evals
-        self._state = self.store.load()
-        if self.store.pending_events > COMPACT_AT_START:  # many kills left many events: fold them once
-            self._state = self.store.compact()
-        # Attempts open now were lost with their pods; ones that open later belong to live writers.
-        self._open_at_start = {a.id for a in self._state.all_attempts() if a.outcome is None}
+        self.ledger.load()
         queue = self._queue(evals)
         self.log.info(
             "run.started",
             total=len(evals),
-            done=self._done,
-            failed=len(self._failed),
+            done=self.ledger.done,
+            failed=len(self.ledger.failed),
             pending=len(queue),
             jobs=self.plan.jobs,
             max_attempts=self.plan.max_attempts,
@@ -126,7 +111,7 @@ class Runner:
         )
         started = time.monotonic()
         self.stop.on_stop(self._begin_stop)
-        self.console.start_bar(done=self._done, total=len(evals))
+        self.console.start_bar(done=self.ledger.done, total=len(evals))
         try:
             with self.store.compacting(every=COMPACT_EVERY_S, final=self._final_write):
                 try:
@@ -135,11 +120,10 @@ class Runner:
                     self.executor.kill_all()
         finally:
             self.console.stop_bar()
-        if self._errors:
-            raise self._errors[0]
-        summary = RunSummary(
-            total=len(evals), done=self._done, failed=tuple(self._failed), ran=self._ran, stopped_by=self.stop.signum
-        )
+        if self.ledger.errors:
+            raise self.ledger.errors[0]
+        ledger = self.ledger
+        summary = RunSummary(len(evals), ledger.done, tuple(ledger.failed), ledger.ran, stopped_by=self.stop.signum)
         fields = {
             "total": summary.total,
             "done": summary.done,
@@ -157,16 +141,16 @@ class Runner:
     def _queue(self, evals: tuple[str, ...]) -> list[tuple[str, int]]:
         """The evals to run, with their round; those whose last attempt was lost go first."""
         queue: list[tuple[str, int]] = []
+        ledger = self.ledger
         for name in evals:
-            state = self._state.state(name)
+            state = ledger.state.state(name)
             if state is EvalState.DONE:
-                self._done += 1
+                ledger.done += 1
             elif state is EvalState.FAILED and not self.plan.retry_failed:
-                self._failed.append(name)
+                ledger.failed.append(name)
             else:
-                epoch = self._state.epoch(name) + (1 if state is EvalState.FAILED else 0)
-                queue.append((name, epoch))
-        return sorted(queue, key=lambda item: not self._decide(*item).alone)
+                queue.append((name, ledger.state.epoch(name) + (1 if state is EvalState.FAILED else 0)))
+        return sorted(queue, key=lambda item: not self._decide(*item)[0].alone)
 
     def _run_queue(self, queue: list[tuple[str, int]]) -> None:
         with ThreadPoolExecutor(self.plan.jobs, thread_name_prefix="batchrun-eval") as pool:
@@ -185,7 +169,7 @@ class Runner:
         """The last records and compaction; during a stop, bounded, so the exit stays prompt."""
         if not self.stop.requested.is_set():
             self.store.flush()
-            self._wait_for_acknowledgements(None)
+            self.ledger.wait_for_acknowledgements(None)
             self.store.compact()
             return
         finished = threading.Event()
@@ -208,82 +192,57 @@ class Runner:
             error = str(failure[0]) if failure else f"not done within {FINAL_WRITE_S:g} s"
             self.log.warning("run.progress_not_saved", error=error)
             return
-        self._wait_for_acknowledgements(FINAL_WRITE_S)
+        self.ledger.wait_for_acknowledgements(FINAL_WRITE_S)
 
     # --- one eval -------------------------------------------------------------------------
 
-    def _decide(self, name: str, epoch: int) -> NextStep:
-        with self._lock:
-            attempts = [a for a in self._state.of(name) if a.epoch == epoch]
-        return next_step(
-            attempts,
-            max_attempts=self.plan.max_attempts,
-            max_lost=self.plan.max_lost,
-            running=self.executor.running_ids() | set(self._elsewhere(attempts)),
-        )
-
-    def _elsewhere(self, attempts: list[Attempt]) -> list[str]:
-        """Open attempts that another live writer started after this run began."""
+    def _decide(self, name: str, epoch: int) -> tuple[NextStep, list[Attempt]]:
+        """The next step for *name*, or the attempts of another live writer to wait for first."""
+        attempts = self.ledger.attempts(name, epoch)
         mine = self.executor.running_ids()
-        return [a.id for a in attempts if a.outcome is None and a.id not in mine and a.id not in self._open_at_start]
+        theirs = self.ledger.elsewhere(attempts, mine)
+        running = mine | {a.id for a in theirs}
+        step = next_step(attempts, max_attempts=self.plan.max_attempts, max_lost=self.plan.max_lost, running=running)
+        return step, theirs
 
     def _run_eval(self, name: str, epoch: int) -> None:
         """Attempts of one eval until it completes, gives up, or the run stops."""
         while not self.stop.requested.is_set():
-            if self._settled_elsewhere(name, epoch):
+            if self.ledger.settled_elsewhere(name, epoch):
                 return
-            with self._lock:
-                theirs = [a for a in self._state.of(name) if a.id in self._elsewhere(self._state.of(name))]
+            step, theirs = self._decide(name, epoch)
             if theirs:  # another writer runs this eval now: its outcome decides what comes next
                 self._wait_for_other_writer(name, theirs[-1].number)
                 continue
-            step = self._decide(name, epoch)
             if step.give_up is not None:
                 self._give_up(step.give_up, step.failures)
                 return
-            alone = step.alone or self.plan.jobs == 1
             with self._gate.entered(alone=step.alone, stop=self.stop.requested) as entered:
                 if not entered:
                     return
                 # Backpressure: no new eval while the store is behind with what the last ones did.
                 self.store.wait_for_room(self.plan.jobs, self.stop.requested)
-                with self._lock:
-                    number = max(self._state.next_number(name), self._taken.get(name, 0) + 1)
+                number = self.ledger.next_number(name)
+                alone = step.alone or self.plan.jobs == 1
                 try:
                     attempt, start_written = self.store.start_later(name, number, epoch, alone=alone)
                 except AttemptTakenError:
                     self._wait_for_other_writer(name, number)
                     continue
-                start_written.add_done_callback(self._check_written)
-                self._remember(attempt)
-                outcome = self._attempt(attempt, step.failures)
-            if outcome is None:
-                return
-            if outcome:
+                start_written.add_done_callback(self.ledger.check_written)
+                self.ledger.remember(attempt)
+                finished = self._attempt(attempt, step.failures)
+            if finished is None or finished:
                 return
             delay = self._backoff(step.failures + 1)
             self.log.info("eval.retry_scheduled", eval=name, delay_s=round(delay, 2), attempts=step.failures + 1)
             if self.stop.requested.wait(delay):
                 return
-            self._refresh()  # what other writers did meanwhile counts toward --max-attempts too
+            self.ledger.refresh()  # what other writers did meanwhile counts toward --max-attempts too
 
-    def _refresh(self) -> None:
-        """Fold the store's current records into this run's state."""
-        state = self.store.load()
-        with self._lock:
-            self._state.merge(a for by_id in state.attempts.values() for a in by_id.values())
-
-    def _settled_elsewhere(self, name: str, epoch: int) -> bool:
-        """Whether another writer completed the eval, or gave up this round of it, meanwhile."""
-        with self._lock:
-            attempts = self._state.of(name)
-            if any(a.outcome is Outcome.COMPLETED for a in attempts):
-                self._done += 1
-            elif any(a.final and a.epoch == epoch for a in attempts):
-                self._failed.append(name)
-            else:
-                return False
-        return True
+    def _wait_for_other_writer(self, name: str, number: int) -> None:
+        self.log.info("eval.claimed_elsewhere", eval=name, attempt=number)
+        self.ledger.wait_for_other_writer(name, number)
 
     def _attempt(self, attempt: Attempt, failures: int) -> bool | None:
         """Run one claimed attempt and record how it ended: True when the eval needs no further
@@ -298,10 +257,10 @@ class Runner:
         result = self.executor.execute(attempt, argv)
         duration = round(time.monotonic() - started, 3)
         if result is None:  # the run is stopping: this attempt never started
-            self._record(attempt.finished(Outcome.INTERRUPTED, exit_code=None, reason="stopping"))
+            self.ledger.record(attempt.finished(Outcome.INTERRUPTED, exit_code=None, reason="stopping"))
             return None
-        with self._lock:
-            self._ran += 1
+        with self.ledger.lock:
+            self.ledger.ran += 1
         finished = self._finish(attempt, result, failures + 1, duration, log)
         if result.output:  # after the outcome is recorded: a log that can't be saved loses nothing
             try:
@@ -314,27 +273,26 @@ class Runner:
         """Record how an attempt ended; True when the eval needs no further attempt now."""
         total = len(self.plan.eval_set.evals)
         if result.interrupted:
-            self._record(attempt.finished(Outcome.INTERRUPTED, exit_code=result.exit_code, reason="stopped"))
+            self.ledger.record(attempt.finished(Outcome.INTERRUPTED, exit_code=result.exit_code, reason="stopped"))
             log.warning("eval.interrupted", exit_code=result.exit_code, duration_s=duration)
             return True
         if result.exit_code == 0 and not result.timed_out:
             # Written with the next attempt's start (group commit); acknowledged once durable.
-            ended = attempt.finished(Outcome.COMPLETED, exit_code=0)
-            written = self.store.record_later(ended)
-            self._remember(ended)
-            with self._acks:
-                self._unacknowledged += 1
-            written.add_done_callback(lambda future: self._acknowledge(future, log, duration))
+            def acknowledged(done: int) -> None:
+                log.info("eval.completed", exit_code=0, duration_s=duration, done=done, total=total)
+                self.console.update_bar(done)
+
+            self.ledger.record_completion(attempt.finished(Outcome.COMPLETED, exit_code=0), acknowledged)
             return True
         final = attempts >= self.plan.max_attempts
-        self._record(
+        self.ledger.record(
             attempt.finished(
                 Outcome.FAILED, exit_code=result.exit_code, final=final, reason=result.reason, tail=result.tail
             )
         )
         if final:
-            with self._lock:
-                self._failed.append(attempt.eval)
+            with self.ledger.lock:
+                self.ledger.failed.append(attempt.eval)
         log.warning(
             "eval.failed",
             exit_code=result.exit_code,
@@ -342,61 +300,17 @@ class Runner:
             duration_s=duration,
             attempts=attempts,
             final=final,
-            done=self._done,
+            done=self.ledger.done,
             total=total,
             last_output=list(result.tail[-5:]),
         )
         return final
 
-    def _wait_for_other_writer(self, name: str, number: int) -> None:
-        """Another process claimed attempt *number* first: wait until that attempt has ended (its
-        record says so) before deciding again, so two writers never exceed --max-attempts.
-        """
-        with self._lock:
-            self._taken[name] = max(self._taken.get(name, 0), number)
-        self.log.info("eval.claimed_elsewhere", eval=name, attempt=number)
-        first_seen = time.monotonic()
-        while not self.stop.requested.wait(_POLL_OTHER_S):
-            self._refresh()
-            with self._lock:
-                state = self._state.state(name)
-                theirs = [a for a in self._state.of(name) if a.number == number]
-            if state is EvalState.DONE or any(a.outcome is not None for a in theirs):
-                return
-            if not theirs and time.monotonic() - first_seen > _ORPHAN_CLAIM_S:
-                return  # the claim's writer died before recording the attempt: it never ran
-
-    def _acknowledge(self, written: Future[None], log: Log, duration: float) -> None:
-        """Log a completion once its record is durable; a write that failed stops the run."""
-        if written.exception() is None:
-            with self._lock:
-                self._done += 1
-                done = self._done
-            log.info("eval.completed", exit_code=0, duration_s=duration, done=done, total=len(self.plan.eval_set.evals))
-            self.console.update_bar(done)
-        else:
-            self._check_written(written)
-        with self._acks:
-            self._unacknowledged -= 1
-            self._acks.notify_all()
-
-    def _check_written(self, written: Future[None]) -> None:
-        """A record the store failed to take stops the run (and fails it, with exit 3)."""
-        error = written.exception()
-        if error is not None:
-            with self._lock:
-                self._errors.append(error)
-            self.stop.request(self.plan.stop_signal)
-
-    def _wait_for_acknowledgements(self, timeout: float | None) -> None:
-        with self._acks:
-            self._acks.wait_for(lambda: self._unacknowledged == 0, timeout)
-
     def _give_up(self, record: Attempt, failures: int) -> None:
         """Record an eval as failed whose attempts are used up, or that kept killing its pod."""
-        self._record(record)
-        with self._lock:
-            self._failed.append(record.eval)
+        self.ledger.record(record)
+        with self.ledger.lock:
+            self.ledger.failed.append(record.eval)
         self.log.warning(
             "eval.failed",
             eval=record.eval,
@@ -406,15 +320,6 @@ class Runner:
             attempts=failures,
             final=True,
         )
-
-    def _record(self, attempt: Attempt) -> None:
-        """Store a record durably, then count it in this run's state."""
-        self.store.record(attempt)
-        self._remember(attempt)
-
-    def _remember(self, attempt: Attempt) -> None:
-        with self._lock:
-            self._state.add(attempt)
 
     def _backoff(self, attempts: int) -> float:
         """Exponential backoff with jitter: about base * 2^(n-1), between half and all of it."""
