@@ -176,8 +176,10 @@ class Compactor:
             yield
         finally:
             stop.set()
-            thread.join()
-            final()
+            try:
+                final()  # waits for a compaction in flight through the compaction lock
+            finally:
+                thread.join(timeout=1.0)  # not forever: during a stop, final() gives up on a dead store
 
     def forget(self) -> None:
         """Drop the cached snapshot (after a reset)."""

@@ -110,6 +110,13 @@ class Ledger:
         self.store.record(attempt)
         self.remember(attempt)
 
+    def record_soon(self, attempt: Attempt) -> None:
+        """Queue a record nobody waits for (an interrupted attempt's end, during a stop): the final
+        write takes it along, within its time bound; if the store fails, the attempt just looks lost.
+        """
+        self.store.record_later(attempt)
+        self.remember(attempt)
+
     def record_completion(self, ended: Attempt, acknowledged: Callable[[int], None]) -> None:
         """Queue a completion (it goes out with the next write); once durable, count it done and
         call *acknowledged* with the new count. A write that fails stops the run.

@@ -82,6 +82,7 @@ class Runner:
         )
         self.ledger = Ledger(store, self.stop, plan.stop_signal)
         self._gate = AloneGate()
+        self._savers: list[threading.Thread] = []
         # What every eval's environment shares, read once (os.environ decodes on every access).
         env = {
             **os.environ,
@@ -177,6 +178,8 @@ class Runner:
 
         def work() -> None:
             try:
+                for saver in self._savers:
+                    saver.join()
                 self.store.flush()
                 self.store.compact()
             except BaseException as exc:  # noqa: BLE001 - reported below
@@ -257,23 +260,31 @@ class Runner:
         result = self.executor.execute(attempt, argv)
         duration = round(time.monotonic() - started, 3)
         if result is None:  # the run is stopping: this attempt never started
-            self.ledger.record(attempt.finished(Outcome.INTERRUPTED, exit_code=None, reason="stopping"))
+            self.ledger.record_soon(attempt.finished(Outcome.INTERRUPTED, exit_code=None, reason="stopping"))
             return None
         with self.ledger.lock:
             self.ledger.ran += 1
         finished = self._finish(attempt, result, failures + 1, duration, log)
         if result.output:  # after the outcome is recorded: a log that can't be saved loses nothing
-            try:
-                self.store.save_log(attempt.eval, attempt.number, result.output)
-            except StoreError as exc:
-                log.warning("eval.log_not_saved", error=str(exc))
+            if self.stop.requested.is_set():  # don't let a failing store hold up the stop
+                saving = threading.Thread(target=self._save_log, args=(attempt, result.output, log), daemon=True)
+                saving.start()
+                self._savers.append(saving)  # the final write waits for it, within its bound
+            else:
+                self._save_log(attempt, result.output, log)
         return finished
+
+    def _save_log(self, attempt: Attempt, output: bytes, log: Log) -> None:
+        try:
+            self.store.save_log(attempt.eval, attempt.number, output)
+        except StoreError as exc:
+            log.warning("eval.log_not_saved", error=str(exc))
 
     def _finish(self, attempt: Attempt, result: Result, attempts: int, duration: float, log: Log) -> bool:
         """Record how an attempt ended; True when the eval needs no further attempt now."""
         total = len(self.plan.eval_set.evals)
         if result.interrupted:
-            self.ledger.record(attempt.finished(Outcome.INTERRUPTED, exit_code=result.exit_code, reason="stopped"))
+            self.ledger.record_soon(attempt.finished(Outcome.INTERRUPTED, exit_code=result.exit_code, reason="stopped"))
             log.warning("eval.interrupted", exit_code=result.exit_code, duration_s=duration)
             return True
         if result.exit_code == 0 and not result.timed_out:
