@@ -14,6 +14,7 @@ import yaml
 from helpers import system_tool
 
 from batchrun import errors
+from batchrun.runner import FINAL_WRITE_S
 
 K8S = Path(__file__).parent.parent / "k8s"
 LAYOUTS = ["base", "overlays/eks-spot", "overlays/gke-spot", "overlays/s3-compatible"]
@@ -106,10 +107,10 @@ def test_every_exit_code_gets_the_intended_job_action(layout: str) -> None:
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_job_stops_inside_its_termination_grace(layout: str) -> None:
-    """The pod's terminationGracePeriodSeconds exceeds batchrun's --grace plus the 2 s it needs to save progress."""
+    """The pod's terminationGracePeriodSeconds exceeds batchrun's --grace plus the bound on its final write."""
     job = job_of(render(layout))
     grace = float(env_of(job)["BATCHRUN_GRACE"])
-    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace + 2
+    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace + FINAL_WRITE_S
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
