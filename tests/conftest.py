@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import AWS_ENV, BUCKET, aws_env, free_port
+from localstack_server import LocalStack, aws_client_args, localstack_python
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +44,29 @@ def s3(moto_server: str) -> str:
     return moto_server
 
 
-@pytest.fixture(params=["memory", "local", "s3"])
-def progress_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture(scope="session")
+def localstack() -> Iterator[str]:
+    """LocalStack's S3 (a second S3 implementation) over HTTP on 127.0.0.1, with one bucket; its URL.
+
+    It runs from its own Python 3.13 venv, BATCHRUN_LOCALSTACK_PYTHON or .localstack-venv/bin/python,
+    which .ci/run creates; where that is missing the test is skipped with a note.
+    """
+    python = localstack_python()
+    with LocalStack(python) as url:
+        import boto3
+
+        boto3.client("s3", **aws_client_args(url)).create_bucket(Bucket=BUCKET)
+        yield url
+
+
+@pytest.fixture(params=["memory", "local", "s3", "localstack"])
+def progress_uri(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh progress URI on each backend the contract must hold for."""
+    if request.param == "localstack":
+        url = request.getfixturevalue("localstack")
+        for key, value in aws_env(url).items():
+            monkeypatch.setenv(key, value)
+        return f"s3://{BUCKET}/runs/{tmp_path.name}/m.s.progress.txt"
     if request.param == "memory":
         import fsspec
 
