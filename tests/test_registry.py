@@ -1,0 +1,62 @@
+"""Set names looked up in a registry folder laid out like openai/evals' own, without the `evals` package
+(about 4 GB with torch; CI does not install it).
+
+tests/data/openai-evals-registry is a copy of files from openai/evals' evals/registry at commit 4bfc1f58:
+eval_sets/{test-basic,coqa-ex,mmmu}.yaml and evals/{test-basic,coqa-ex}.yaml whole, evals/mmmu.yaml cut
+to its first three subjects. The expected keys are what oaievalset resolves there (its Registry: a set's
+entries are patterns matched against the eval names, `*` any text; an alias's `id` leads to the full key).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batchrun.evalset import load_eval_set
+
+REGISTRY = Path(__file__).parent / "data" / "openai-evals-registry"
+
+RESOLVED = {
+    "test-basic": [
+        "test-match.s1.simple-v0",
+        "test-fuzzy-match.s1.simple-v0",
+        "test-includes.s1.simple-v0",
+        "test-includes-ignore-case.s1.simple-v0",
+    ],
+    "coqa-ex": [
+        "coqa-match.dev.v0",
+        "coqa-fact.dev.v0",
+        "coqa-closedqa-correct.dev.v0",
+        "coqa-closedqa-relevance.dev.v0",
+        "coqa-closedqa-conciseness.dev.v0",
+    ],
+    # The set holds the pattern `mmmu-*.validation.v1`: the .dev.v1 twins are not part of it.
+    "mmmu": [
+        "mmmu-accounting.validation.v1",
+        "mmmu-agriculture.validation.v1",
+        "mmmu-architecture-and-engineering.validation.v1",
+    ],
+}
+
+
+def test_registry_folder_holds_the_sets_found_by_name() -> None:
+    """Each set of the openai/evals-shaped registry is found by name below --registry-path."""
+    for name in RESOLVED:
+        loaded = load_eval_set(name, [str(REGISTRY)])
+        assert loaded.name == name
+        assert loaded.evals
+
+
+@pytest.mark.xfail(
+    reason="evalset._find_in_registry_paths returns a set's entries as written (aliases, patterns), "
+    "not the full eval keys oaievalset runs; batchrun/evalset.py (helper-2's) needs to resolve them",
+    strict=True,
+)
+@pytest.mark.parametrize("name", sorted(RESOLVED))
+def test_registry_folder_resolves_sets_to_the_keys_oaievalset_runs(name: str) -> None:
+    """A set found below --registry-path resolves, as oaievalset does, to full eval keys such as
+    `coqa-match.dev.v0`: aliases followed through `id`, patterns like `mmmu-*.validation.v1` expanded.
+    """
+    loaded = load_eval_set(name, [str(REGISTRY)])
+    assert sorted(loaded.evals) == sorted(RESOLVED[name])
