@@ -5,6 +5,7 @@ The command line lives in :mod:`batchrun.cli`; this module is the typed core it 
 
 from __future__ import annotations
 
+from batchrun._identity import RunIdentity
 from batchrun._state import Attempt, EvalState, Outcome, RunState
 from batchrun.command import CommandTemplate
 from batchrun.errors import (
@@ -19,7 +20,7 @@ from batchrun.errors import (
 )
 from batchrun.evalset import EvalSet, load_eval_set
 from batchrun.location import ProgressLocation, resolve_location
-from batchrun.progress import ProgressStore, RunIdentity
+from batchrun.progress import ProgressStore
 from batchrun.runner import Runner, RunPlan, RunSummary
 
 __version__ = "0.1.0"

@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -40,52 +40,14 @@ from batchrun._backends import Backend, open_backend
 from batchrun._compaction import Compactor
 from batchrun._events import EventLog
 from batchrun._foreign import check_importable, imported_attempts
+from batchrun._identity import RunIdentity, claim_identity, read_identity
 from batchrun._state import Attempt, RunState
-from batchrun.errors import AttemptTakenError, ConflictError, RunIdentityError, StoreError
+from batchrun.errors import AttemptTakenError, ConflictError
 from batchrun.location import ProgressLocation
 
 _CLAIM_TRIES = 20
 _TAIL_LINE_CHARS = 500
 _KEY_BYTES = 120  # longer encoded names are cut and given a hash: file names stop at 255 bytes
-
-
-@dataclass(frozen=True, slots=True)
-class RunIdentity:
-    """What makes two `run` invocations the same run (the eval list may grow or shrink)."""
-
-    model: str
-    eval_set: str
-    command: str
-    extra_args: tuple[str, ...]
-    evals: tuple[str, ...]
-    generation: str = field(default="", compare=False)  # set when first stored; new after a reset
-
-    def difference(self, other: RunIdentity) -> str | None:
-        """A phrase naming the first field that differs from *other*, ignoring the eval list."""
-        for name in ("model", "eval_set", "command", "extra_args"):
-            mine, theirs = getattr(self, name), getattr(other, name)
-            if mine != theirs:
-                return f"{name} was {_shown(theirs)!r}, now {_shown(mine)!r}"
-        return None
-
-    def to_bytes(self) -> bytes:
-        """The run.json content."""
-        data = asdict(self)
-        data["version"] = 1
-        return json.dumps(data, indent=1).encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> RunIdentity:
-        """Parse run.json."""
-        raw = json.loads(data)
-        return cls(
-            model=str(raw["model"]),
-            eval_set=str(raw["eval_set"]),
-            command=str(raw["command"]),
-            extra_args=tuple(map(str, raw.get("extra_args", ()))),
-            evals=tuple(map(str, raw.get("evals", ()))),
-            generation=str(raw.get("generation", "")),
-        )
 
 
 def encode_key(name: str) -> str:
@@ -107,10 +69,6 @@ def _trimmed(attempt: Attempt) -> Attempt:
     if not any(len(line) > _TAIL_LINE_CHARS for line in attempt.tail):
         return attempt
     return replace(attempt, tail=tuple(line[:_TAIL_LINE_CHARS] for line in attempt.tail))
-
-
-def _shown(value: object) -> str:
-    return " ".join(value) if isinstance(value, tuple) else str(value)
 
 
 class ProgressStore:
@@ -161,15 +119,7 @@ class ProgressStore:
 
     def identity(self) -> RunIdentity | None:
         """The identity stored by the run's first `run`, or None if there is none yet."""
-        blob = self.backend.read(self._identity_path)
-        return None if blob is None else self._parse_identity(blob.data)
-
-    def _parse_identity(self, data: bytes) -> RunIdentity:
-        try:
-            return RunIdentity.from_bytes(data)
-        except (ValueError, KeyError, TypeError) as exc:
-            msg = f"corrupt run identity at {self.location.uri}.d/run.json: {exc}"
-            raise StoreError(msg) from None
+        return read_identity(self.backend, self._identity_path, self.location.uri)
 
     def generation(self) -> str:
         """The generation this store records under: its run's, read once ("" before any run)."""
@@ -192,31 +142,8 @@ class ProgressStore:
 
     def claim(self, identity: RunIdentity) -> None:
         """Make *identity* this store's run, or refuse if the store holds a different run."""
-        for _ in range(_CLAIM_TRIES):
-            blob = self.backend.read(self._identity_path)
-            if blob is None:
-                new = replace(identity, generation=uuid.uuid4().hex[:16])
-            else:
-                stored = self._parse_identity(blob.data)
-                difference = identity.difference(stored)
-                if difference is not None:
-                    msg = (
-                        f"progress at {self.location.uri} belongs to another run ({difference}); "
-                        "use --fresh to start over or --progress to choose another location"
-                    )
-                    raise RunIdentityError(msg)
-                new = replace(identity, generation=stored.generation)
-                if stored.evals == identity.evals:
-                    self._identity, self._identity_known = new, True
-                    return
-            try:
-                self.backend.replace(self._identity_path, new.to_bytes(), None if blob is None else blob.tag)
-            except ConflictError:
-                continue
-            self._identity, self._identity_known = new, True
-            return
-        msg = f"could not record the run identity at {self.location.uri}: too many concurrent changes"
-        raise StoreError(msg)
+        claimed = claim_identity(self.backend, self._identity_path, identity, self.location.uri)
+        self._identity, self._identity_known = claimed, True
 
     # --- recording ------------------------------------------------------------------------
 

@@ -1,0 +1,101 @@
+"""A run's identity, kept in ``P.d/run.json``: what makes two `run` invocations the same run, and
+the generation its records are written under (new after every reset).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+
+from batchrun._backends import Backend
+from batchrun.errors import ConflictError, RunIdentityError, StoreError
+
+_TRIES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class RunIdentity:
+    """What makes two `run` invocations the same run (the eval list may grow or shrink)."""
+
+    model: str
+    eval_set: str
+    command: str
+    extra_args: tuple[str, ...]
+    evals: tuple[str, ...]
+    generation: str = field(default="", compare=False)  # set when first stored; new after a reset
+
+    def difference(self, other: RunIdentity) -> str | None:
+        """A phrase naming the first field that differs from *other*, ignoring the eval list."""
+        for name in ("model", "eval_set", "command", "extra_args"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs:
+                return f"{name} was {_shown(theirs)!r}, now {_shown(mine)!r}"
+        return None
+
+    def to_bytes(self) -> bytes:
+        """The run.json content."""
+        data = asdict(self)
+        data["version"] = 1
+        return json.dumps(data, indent=1).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RunIdentity:
+        """Parse run.json."""
+        raw = json.loads(data)
+        return cls(
+            model=str(raw["model"]),
+            eval_set=str(raw["eval_set"]),
+            command=str(raw["command"]),
+            extra_args=tuple(map(str, raw.get("extra_args", ()))),
+            evals=tuple(map(str, raw.get("evals", ()))),
+            generation=str(raw.get("generation", "")),
+        )
+
+
+def read_identity(backend: Backend, path: str, uri: str) -> RunIdentity | None:
+    """The stored identity, or None if there is none yet."""
+    blob = backend.read(path)
+    return None if blob is None else read_identity_bytes(blob.data, uri)
+
+
+def claim_identity(backend: Backend, path: str, identity: RunIdentity, uri: str) -> RunIdentity:
+    """Store *identity* (a new generation) or check it against the stored one (keeping its
+    generation, taking a new eval list); refuse another run. Returns what is stored.
+    """
+    for _ in range(_TRIES):
+        blob = backend.read(path)
+        if blob is None:
+            new = replace(identity, generation=uuid.uuid4().hex[:16])
+        else:
+            stored = read_identity_bytes(blob.data, uri)
+            difference = identity.difference(stored)
+            if difference is not None:
+                msg = (
+                    f"progress at {uri} belongs to another run ({difference}); "
+                    "use --fresh to start over or --progress to choose another location"
+                )
+                raise RunIdentityError(msg)
+            new = replace(identity, generation=stored.generation)
+            if stored.evals == identity.evals:
+                return new
+        try:
+            backend.replace(path, new.to_bytes(), None if blob is None else blob.tag)
+        except ConflictError:
+            continue
+        return new
+    msg = f"could not record the run identity at {uri}: too many concurrent changes"
+    raise StoreError(msg)
+
+
+def read_identity_bytes(data: bytes, uri: str) -> RunIdentity:
+    """Parse run.json, or raise StoreError naming it."""
+    try:
+        return RunIdentity.from_bytes(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        msg = f"corrupt run identity at {uri}.d/run.json: {exc}"
+        raise StoreError(msg) from None
+
+
+def _shown(value: object) -> str:
+    return " ".join(value) if isinstance(value, tuple) else str(value)
