@@ -17,13 +17,14 @@ from typer.exceptions import TyperException
 
 from batchrun import errors
 from batchrun._console import Console
+from batchrun._identity import RunIdentity
 from batchrun._logging import LogFormat, configure_logging
 from batchrun._signals import StopRequest, reset_inherited_signals
 from batchrun.command import DEFAULT_COMMAND, CommandTemplate
 from batchrun.errors import BadInputError, BatchrunError, EvalSetError, ProgressLocationError, StoppedError
 from batchrun.evalset import EvalSet, load_eval_set
 from batchrun.location import resolve_location
-from batchrun.progress import ProgressStore, RunIdentity
+from batchrun.progress import ProgressStore
 from batchrun.runner import Runner, RunPlan
 from batchrun.status import build_report, dumps
 
@@ -126,7 +127,15 @@ def run(  # noqa: PLR0913 - one parameter per documented option
         typer.Option(
             "--max-attempts",
             envvar="BATCHRUN_MAX_ATTEMPTS",
-            help="Attempts per eval in all, across pods, before it is recorded as failed.",
+            help="Failed attempts per eval in all, across pods, before it is recorded as failed.",
+        ),
+    ] = 3,
+    max_lost: Annotated[
+        int,
+        typer.Option(
+            "--max-lost",
+            envvar="BATCHRUN_MAX_LOST",
+            help="Pod deaths during an eval running alone before it is recorded as failed (crash loops).",
         ),
     ] = 3,
     retry_backoff: Annotated[
@@ -176,6 +185,8 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     stop.install(raising=True)
     console = Console()
     configure_logging(console, log_format, terminal=sys.stderr.isatty())
+    if max_lost < 1:
+        raise BadInputError(f"--max-lost must be at least 1, got {max_lost}")
     _check_numbers(jobs=jobs, max_attempts=max_attempts, retry_backoff=retry_backoff, grace=grace, timeout=eval_timeout)
     template = CommandTemplate.parse(command, tuple(extra_args or ()))
     options = _storage_options(storage_options)
@@ -184,6 +195,7 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     template.check_program(model=model, eval_name=evals.evals[0], eval_set=evals.name)
     location = resolve_location(progress, model=model, eval_set=evals.name)
     store = ProgressStore.open(location, options)
+    store.check_importable()  # a file there that is not a progress file is neither imported nor reset
     if fresh:
         store.reset()
     store.claim(RunIdentity(model, evals.name, template.text, template.extra_args, evals.evals))
@@ -193,6 +205,7 @@ def run(  # noqa: PLR0913 - one parameter per documented option
         template,
         jobs=jobs,
         max_attempts=max_attempts,
+        max_lost=max_lost,
         retry_backoff=retry_backoff,
         retry_failed=retry_failed,
         eval_timeout=eval_timeout,
@@ -288,6 +301,7 @@ def reset(  # noqa: PLR0913
     if not store.exists():
         typer.echo(f"nothing stored at {uri}")
         return
+    store.check_importable()  # never delete a file that is not a progress file
     if not yes:
         if not sys.stdin.isatty():
             msg = f"refusing to delete {uri} without --yes (no terminal to confirm on)"
