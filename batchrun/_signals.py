@@ -62,6 +62,8 @@ class StopRequest:
         self._callbacks: list[Callable[[], None]] = []
         self._previous: dict[int, object] = {}
         self._raising = False
+        self._raised = False
+        self._nudges: dict[int, int] = {}  # signals the watcher sent the main thread, by number
         self._lock = threading.Lock()
         self._wakeup: tuple[int, int] | None = None
         self._previous_wakeup = -1
@@ -118,7 +120,8 @@ class StopRequest:
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         """The Python part, in the main thread: the watcher has recorded the signal already."""
-        if self._raising:
+        if self._raising and not self._raised:
+            self._raised = True  # once: a later signal must not raise again in the error's handling
             raise StoppedError(signum)
 
     def _watch(self, read_fd: int, write_fd: int) -> None:
@@ -133,8 +136,17 @@ class StopRequest:
                 for signum in data:
                     if signum == 0:
                         return
-                    if signum in self._previous:  # not the no-op handler of a signal ignored on entry
-                        self.request(signum)
+                    if signum not in self._previous:  # the no-op handler of a signal ignored on entry
+                        continue
+                    if self._nudges.get(signum):
+                        self._nudges[signum] -= 1  # our own nudge, below, coming back
+                        continue
+                    self.request(signum)
+                    if self._raising:
+                        # The main thread may be in an untimed wait that a signal given to another
+                        # thread does not interrupt: send it one, so that its handler runs and raises.
+                        self._nudges[signum] = self._nudges.get(signum, 0) + 1
+                        signal.pthread_kill(threading.main_thread().ident or 0, signum)
         finally:
             os.close(read_fd)
             os.close(write_fd)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -17,6 +18,9 @@ from pathlib import Path
 
 import pytest
 from helpers import BUCKET, aws_env, batchrun, fake_command, free_port, journal_entries
+
+from batchrun._signals import StopRequest
+from batchrun.errors import StoppedError
 
 pytestmark = pytest.mark.slow
 
@@ -195,6 +199,58 @@ def test_sighup_ignored_on_entry_stays_ignored_but_evals_can_still_be_stopped_wi
         proc.kill()
     assert proc.returncode == 143, stderr
     assert [e["exit_code"] for e in events(stderr) if e["event"] == "eval.interrupted"] == [-signal.SIGHUP]
+
+
+# --- a signal the kernel gives to another thread ------------------------------------------
+
+
+def test_a_stop_signal_given_to_another_thread_reaches_a_main_thread_in_an_untimed_wait() -> None:
+    """CPython runs handlers in the main thread only: a signal taken by another thread still stops."""
+    stop = StopRequest()
+    stop.install()
+    stopped, late = threading.Event(), threading.Event()
+    stop.on_stop(stopped.set)
+    other = threading.Thread(target=select.select, args=([], [], [], 30), daemon=True)  # as a pump waits
+    other.start()
+    safety = threading.Timer(20, lambda: (late.set(), stopped.set()))
+    safety.start()
+    try:
+        threading.Timer(0.2, signal.pthread_kill, (other.ident, signal.SIGTERM)).start()
+        stopped.wait()  # untimed, like a runner waiting for its evals
+    finally:
+        safety.cancel()
+        stop.restore()
+    assert not late.is_set(), "the stop was seen only when the main thread woke up for another reason"
+    assert stop.signum == signal.SIGTERM
+
+
+def signal_soon_then_wait(other: threading.Thread, blocker: threading.Event) -> None:
+    """SIGTERM to *other* in a moment, while this (main) thread waits untimed, as a store call may."""
+    threading.Timer(0.2, signal.pthread_kill, (other.ident, signal.SIGTERM)).start()
+    blocker.wait()
+
+
+def test_a_stop_signal_given_to_another_thread_during_start_up_raises_in_the_main_thread() -> None:
+    """During start-up the main thread, even in an untimed wait, leaves it with StoppedError."""
+    stop = StopRequest()
+    stop.install(raising=True)
+    blocker, late = threading.Event(), threading.Event()
+    other = threading.Thread(target=select.select, args=([], [], [], 30), daemon=True)
+    other.start()
+    safety = threading.Timer(20, lambda: (late.set(), blocker.set()))
+    safety.start()
+    try:
+        with pytest.raises(StoppedError) as raised:
+            signal_soon_then_wait(other, blocker)
+    finally:
+        safety.cancel()
+        blocker.set()
+        stop.restore()
+    assert not late.is_set()
+    assert (raised.value.exit_code, str(raised.value)) == (
+        143,
+        "stopped by SIGTERM during start-up, before any eval ran",
+    )
 
 
 # --- stop signals during start-up ---------------------------------------------------------
