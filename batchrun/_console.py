@@ -19,9 +19,10 @@ import time
 from typing import IO, Any, BinaryIO, TextIO
 
 _BAR_WIDTH = 24
-# `{` at the start of a line, or of a part that str.splitlines() would make a line of its own,
-# after nothing visible (spaces, control characters, NULs, byte-order marks, any non-ASCII byte).
-_JSON_START = re.compile(rb"(?:\A|[\r\x0b\x0c\x1c-\x1e]|\xc2\x85|\xe2\x80[\xa8\xa9])[\x00-\x20\x7f-\xff]*(?=\{)")
+# `{` at the start of a line, or of a part that str.splitlines() would make a line of its own
+# (decoded as UTF-8 or as Latin-1, where NEL is a lone \x85), after nothing visible (spaces,
+# control characters, NULs, byte-order marks, any non-ASCII byte).
+_JSON_START = re.compile(rb"(?:\A|[\r\x0b\x0c\x1c-\x1e\x85]|\xe2\x80[\xa8\xa9])[\x00-\x20\x7f-\xff]*(?=\{)")
 
 
 class Console:
