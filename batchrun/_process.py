@@ -46,14 +46,14 @@ class Output:
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     spool: IO[bytes] = field(default_factory=lambda: tempfile.SpooledTemporaryFile(_SPOOL_BYTES))  # noqa: SIM115
     size: int = 0
-    _open_line: bool = False  # the last piece added did not end its line
+    _open_line: bool | None = None  # the stream (stderr?) whose last piece did not end its line
 
-    def add(self, piece: bytes) -> None:
-        """Keep a line, or a piece of one (no trailing newline) that the next piece continues."""
+    def add(self, piece: bytes, *, stderr: bool = False) -> None:
+        """Keep a line, or a piece of one (no trailing newline) that the stream's next piece continues."""
         text = piece.decode("utf-8", errors="replace")
-        if self._open_line and self.tail:
+        if self._open_line is stderr and self.tail:
             text = self.tail.pop() + text
-        self._open_line = not piece.endswith(b"\n")
+        self._open_line = None if piece.endswith(b"\n") else stderr
         # What a terminal would show: a progress bar's last redraw, not every \r-separated one.
         self.tail.append(text.rstrip("\r\n").rpartition("\r")[2])
         room = LOG_LIMIT_BYTES - self.size
@@ -222,7 +222,7 @@ class _Pump:
     def _emit(self, piece: bytes, *, is_err: bool) -> None:
         if piece:
             self.console.eval_line(piece, stderr=is_err, prefix=self.prefix, label=self.process.label)
-            self.output.add(piece)
+            self.output.add(piece, stderr=is_err)
 
 
 @contextlib.contextmanager

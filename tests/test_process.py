@@ -72,9 +72,13 @@ def test_output_tail_keeps_what_a_terminal_shows_of_a_redrawn_line() -> None:
     output.add(b"loading: 1")
     output.add(b"0%\r20")
     output.add(b"%\r100%\n")
-    output.add(b"last")
-    assert list(output.tail) == ["first line", "30%", "100%", "last"]
-    assert output.read() == b"first line\n10%\r20%\r30%\r\nloading: 10%\r20%\r100%\nlast"
+    output.add(b"last: 1")
+    output.add(b"Traceback (most recent call last):\n", stderr=True)  # the other stream: a line of its own
+    output.add(b"0%\r80%")
+    assert list(output.tail) == ["first line", "30%", "100%", "last: 1", "Traceback (most recent call last):", "80%"]
+    assert output.read() == (
+        b"first line\n10%\r20%\r30%\r\nloading: 10%\r20%\r100%\nlast: 1Traceback (most recent call last):\n0%\r80%"
+    )
 
 
 def test_pump_stops_reading_soon_after_the_leader_exits_while_a_helper_holds_the_pipes() -> None:
