@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -15,6 +16,8 @@ from pathlib import Path
 import boto3
 import pytest
 from helpers import BUCKET, batchrun, free_port
+
+from batchrun import errors
 
 
 @dataclass
@@ -77,6 +80,33 @@ CASES: dict[str, Case] = {
     "unbalanced quote in command": Case(
         {GOOD: GOOD_SET}, ["run", "m", GOOD, "--command", "x 'a"], 2, r"No closing quotation"
     ),
+    "format spec that fits no value": Case(
+        {GOOD: GOOD_SET},
+        ["run", "m", GOOD, "--command", "x {model:d}"],
+        2,
+        r"Unknown format code 'd' .* '\{model:d\}'",
+    ),
+    "unknown conversion": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--command", "x {eval!x}"], 2, r"unknown conversion !x in '\{eval!x\}'"
+    ),
+    "placeholder inside a format spec": Case(
+        {GOOD: GOOD_SET},
+        ["run", "m", GOOD, "--command", "x {model:{eval}}"],
+        2,
+        r"spec '\{eval\}' .* not allowed",
+    ),
+    "eval name that is an option": Case(
+        {"o.yaml": "s:\n  evals: [a, '--record_path=/etc/cron.d/x']\n"},
+        ["run", "m", "o.yaml"],
+        2,
+        r"eval '--record_path=/etc/cron.d/x' starts with '-' .* put \{eval\} after a -- word",
+    ),
+    "eval name that is a short option": Case(
+        {"h.yaml": "s:\n  evals: ['-h']\n"},
+        ["run", "m", "h.yaml", "--command", "true --flag={eval} {eval}"],
+        2,
+        r"eval '-h' starts with '-'",
+    ),
     "program not found": Case(
         {GOOD: GOOD_SET},
         ["run", "m", GOOD, "--command", "no-such-program-xyz {eval}"],
@@ -93,6 +123,22 @@ CASES: dict[str, Case] = {
     ),
     "zero timeout": Case(
         {GOOD: GOOD_SET}, ["run", "m", GOOD, "--eval-timeout", "0"], 2, r"--eval-timeout must be positive"
+    ),
+    "timeout nan": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--eval-timeout", "nan"], 2, r"--eval-timeout must be a finite number"
+    ),
+    "timeout inf": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--eval-timeout", "inf"], 2, r"--eval-timeout must be a finite number"
+    ),
+    "grace nan": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--grace", "nan"], 2, r"--grace must be a finite number"),
+    "backoff inf": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--retry-backoff", "inf"], 2, r"--retry-backoff must be a finite number"
+    ),
+    "progress names a directory": Case(
+        {GOOD: GOOD_SET, "progress/earlier/keep.txt": "kept"},
+        ["run", "m", GOOD, "--progress", "progress/earlier"],
+        2,
+        r"progress path .*/progress/earlier is a directory; end it with / to put the progress file inside",
     ),
     "unknown stop signal": Case(
         {GOOD: GOOD_SET}, ["run", "m", GOOD, "--stop-signal", "KILL"], 2, r"'KILL' is not one of 'TERM', 'INT'"
@@ -202,3 +248,39 @@ def test_bad_input_fails_cleanly_and_writes_nothing(case: Case, tmp_path: Path, 
     assert (snapshot_tree(progress) if progress.exists() else {}) == before
     if case.store == "s3":
         assert bucket_listing(env["AWS_ENDPOINT_URL"]) == objects_before
+
+
+# A bug planted at start-up: the function that loads the eval set (run) or finds the store (status) raises.
+INJECTED_BUG = """
+import batchrun.cli
+
+def _bug(*args, **kwargs):
+    raise RuntimeError("injected bug\\nsecond line")
+
+batchrun.cli.load_eval_set = batchrun.cli._locate = _bug
+"""
+
+
+@pytest.mark.parametrize("args", [["run", "m", GOOD], ["status", "m", GOOD]], ids=["run", "status"])
+def test_internal_error_exits_70_with_one_line_and_the_traceback_in_the_log(args: list[str], tmp_path: Path) -> None:
+    """An exception that is no BatchrunError exits 70 (not 1, which fails the Job) with one error line
+    and the traceback inside one JSON `run.crashed` event, writing nothing.
+    """
+    (tmp_path / GOOD).write_text(GOOD_SET)
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(INJECTED_BUG)
+    progress = tmp_path / "progress"
+    path = os.pathsep.join(filter(None, [str(tmp_path / "hook"), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "BATCHRUN_PROGRESS": f"{progress}/"}
+    result = batchrun(*args, env=env, cwd=tmp_path)
+
+    assert result.returncode == errors.EXIT_INTERNAL == 70, result.stderr
+    *logged, last = result.stderr.strip().splitlines()
+    assert last == "batchrun: error: internal error: RuntimeError: injected bug (please report)"
+    events = [json.loads(line) for line in logged]  # every other line is a JSON log event
+    (crash,) = [e for e in events if e["event"] == "run.crashed"]
+    assert crash["level"] == "error"
+    assert crash["error"] == "RuntimeError: injected bug"
+    assert crash["exception"].startswith("Traceback (most recent call last):")
+    assert "RuntimeError: injected bug\nsecond line" in crash["exception"]
+    assert not progress.exists()

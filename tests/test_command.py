@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchrun import CommandTemplate, CommandTemplateError
+from batchrun import CommandTemplate, CommandTemplateError, EvalSetError
 
 
 def test_each_word_is_formatted_on_its_own() -> None:
@@ -22,8 +22,35 @@ def test_literal_braces_are_written_doubled() -> None:
     ]
 
 
-@pytest.mark.parametrize("text", ["x {evl}", "x {0}", "x {}", "x {eval.__class__}", "x {", "x 'open", ""])
+@pytest.mark.parametrize(
+    "text",
+    [
+        *("x {evl}", "x {0}", "x {}", "x {eval.__class__}", "x {", "x 'open", ""),
+        *("x {model:d}", "x {attempt:s}", "x {eval!x}", "x {model:{eval}}", "x {model:>99999}"),
+    ],
+)
 def test_bad_templates_are_usage_errors(text: str) -> None:
-    """Unknown placeholders, attribute access, bad braces or quotes, and empty commands are refused."""
+    """Unknown placeholders, attribute access, bad braces or quotes, empty commands, and format specs
+    or conversions that would fail (or allocate gigabytes) at render time are refused when parsed.
+    """
     with pytest.raises(CommandTemplateError):
         CommandTemplate.parse(text)
+
+
+def test_format_specs_and_conversions_that_work_are_kept() -> None:
+    """Specs that fit the value's type and the !s/!r/!a conversions are allowed and rendered."""
+    template = CommandTemplate.parse("x {attempt:03d} {eval!r} {model:>4}")
+    assert template.render(model="m", eval_name="e", eval_set="s", attempt=7) == ["x", "007", "'e'", "   m"]
+
+
+@pytest.mark.parametrize("text", ["prog {eval}", "prog {model} {eval} --", "prog {eval:>3}", "{eval}"])
+def test_eval_names_starting_with_a_dash_are_refused_where_they_would_be_options(text: str) -> None:
+    """An eval name starting with '-' is refused when a word before any -- starts with {eval}."""
+    with pytest.raises(EvalSetError, match="starts with '-'"):
+        CommandTemplate.parse(text).check_eval_names(["a", "-x"])
+
+
+@pytest.mark.parametrize("text", ["prog -- {eval}", "p {model} -- {model} {eval}", "p --task={eval}", "p x{eval}"])
+def test_eval_names_starting_with_a_dash_are_fine_where_they_cant_be_options(text: str) -> None:
+    """After a -- word, or inside a word that does not start with {eval}, a leading '-' is no option."""
+    CommandTemplate.parse(text).check_eval_names(["-x", "--record_path=/etc/cron.d/x"])
