@@ -125,11 +125,15 @@ def _folder(folder: str, *, create: bool = False, listable: bool = False) -> Ite
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
             flags = _OPEN_DIR if last and (create or listable) else _WALK
-            if create:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, FOLDER_MODE, dir_fd=fd)
             shown = os.sep + os.sep.join(parts[: i + 1])
-            child = _open_at(fd, part, flags, path=shown, folder=True)
+            try:
+                child = _open_at(fd, part, flags, path=shown, folder=True)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
+                    os.mkdir(part, FOLDER_MODE, dir_fd=fd)
+                child = _open_at(fd, part, flags, path=shown, folder=True)
             os.close(fd)
             fd = child
         yield fd
