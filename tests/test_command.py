@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+from helpers import batchrun
 
 from batchrun import CommandTemplate, CommandTemplateError, EvalSetError
 
@@ -54,3 +58,12 @@ def test_eval_names_starting_with_a_dash_are_refused_where_they_would_be_options
 def test_eval_names_starting_with_a_dash_are_fine_where_they_cant_be_options(text: str) -> None:
     """After a -- word, or inside a word that does not start with {eval}, a leading '-' is no option."""
     CommandTemplate.parse(text).check_eval_names(["-x", "--record_path=/etc/cron.d/x"])
+
+
+def test_run_passes_a_dash_eval_name_after_a_double_dash(tmp_path: Path) -> None:
+    """End to end: with {eval} after --, an eval named -x runs and receives -x as an operand."""
+    (tmp_path / "s.yaml").write_text("s:\n  evals: ['-x']\n")
+    command = f"{sys.executable} -c 'import sys; print(sys.argv[1:])' -- {{eval}}"
+    result = batchrun("run", "m", "s.yaml", "--command", command, "--progress", f"{tmp_path}/p/", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['--', '-x']"
