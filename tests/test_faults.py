@@ -31,15 +31,14 @@ from batchrun import EvalState
 pytestmark = [pytest.mark.torture, pytest.mark.slow]
 
 EVALS = [f"e{i:03d}" for i in range(200)]
-JOBS = 4
 KEY = "runs/m.set.progress.txt"
 PROGRESS = f"s3://{BUCKET}/{KEY}"
 MAX_RUNS = 40  # restarts before the test gives up on the run ever finishing
-MAX_KILLS = 5
+MAX_KILLS = 3
 MIN_TRIES = 3  # botocore's standard mode tries 5 times; an exit 3 after fewer gave up too early
 # Item 8 (backpressure): a SIGKILL may throw away the work of the evals running and of about one
 # unwritten batch per running eval, not an unbounded pile of completions nobody recorded.
-MAX_LOST_PER_KILL = 2 * JOBS
+LOST_PER_JOB = 2
 # The requests behind each store operation named in an error line ("cannot read s3://...").
 OP_METHODS = {
     "read": {"GET"},
@@ -50,7 +49,21 @@ OP_METHODS = {
     "write": {"PUT"},
 }
 SEEDS = range(int(os.environ.get("BATCHRUN_TORTURE_SEEDS", "1")))
-CASES = [(0.05, False), (0.15, True), (0.30, False), (0.30, True)]
+
+
+@dataclass(frozen=True)
+class Case:
+    """A torture case: the fault rate (split evenly over the kinds), SIGKILLs or not, and --jobs."""
+
+    rate: float
+    kills: bool
+    jobs: int  # fewer jobs make more store requests (smaller batches); more make the kill cases faster
+
+    def __str__(self) -> str:
+        return f"{self.rate * 100:02.0f}pct-{'kills' if self.kills else 'nokill'}-jobs{self.jobs}"
+
+
+CASES = [Case(0.05, False, 4), Case(0.30, False, 4), Case(0.15, True, 8), Case(0.30, True, 8)]
 
 
 @dataclass
@@ -129,14 +142,14 @@ def kill_after_some_evals(proc: subprocess.Popen[bytes], journal: Path, rng: ran
     return True
 
 
-def torture(tmp_path: Path, proxy: FaultProxy, rate: float, seed: int, kills: bool) -> list[Run]:
+def torture(tmp_path: Path, proxy: FaultProxy, case: Case, seed: int) -> list[Run]:
     """Run the set through the proxy until exit 0, killing some runs; check each run as it ends."""
-    proxy.configure(dict.fromkeys(KINDS, rate / len(KINDS)), seed)
+    proxy.configure(dict.fromkeys(KINDS, case.rate / len(KINDS)), seed)
     (tmp_path / "set.txt").write_text("\n".join(EVALS) + "\n")
     journal = tmp_path / "journal"
     env = {**os.environ, **aws_env(proxy.url), "PYTHONUNBUFFERED": "1"}
     args = ["run", "m", "set.txt", "--progress", PROGRESS, "--command", eval_command(journal)]
-    args += ["--jobs", str(JOBS), "--retry-backoff", "0", "--max-attempts", "20", "--log-format", "json"]
+    args += ["--jobs", str(case.jobs), "--retry-backoff", "0", "--max-attempts", "20", "--log-format", "json"]
     rng = random.Random(seed)
     runs: list[Run] = []
     killed = 0
@@ -145,7 +158,7 @@ def torture(tmp_path: Path, proxy: FaultProxy, rate: float, seed: int, kills: bo
         proc = start(args, env, tmp_path, run.log)
         run.pid = proc.pid
         runs.append(run)
-        if kills and killed < MAX_KILLS and kill_after_some_evals(proc, journal, rng):
+        if case.kills and killed < MAX_KILLS and kill_after_some_evals(proc, journal, rng):
             killed += 1
             run.acknowledged = {str(e["eval"]) for e in log_events(run.log) if e["event"] == "eval.completed"}
             done = stored_done()
@@ -153,7 +166,7 @@ def torture(tmp_path: Path, proxy: FaultProxy, rate: float, seed: int, kills: bo
             assert run.acknowledged <= done, f"seed {seed}: acknowledged, not stored: {run.acknowledged - done}"
             ran_ok = {e[1] for e in journal_lines(journal) if e[0] == "end" and e[3] == str(proc.pid)}
             lost = ran_ok - done
-            assert len(lost) <= MAX_LOST_PER_KILL, f"seed {seed}: a kill lost {len(lost)} completed evals"
+            assert len(lost) <= LOST_PER_JOB * case.jobs, f"seed {seed}: a kill lost {len(lost)} completed evals"
             continue
         run.code = proc.wait(timeout=300)
         run.acknowledged = {str(e["eval"]) for e in log_events(run.log) if e["event"] == "eval.completed"}
@@ -163,7 +176,7 @@ def torture(tmp_path: Path, proxy: FaultProxy, rate: float, seed: int, kills: bo
         check_store_error(run.log, proxy)
     else:
         pytest.fail(f"seed {seed}: no exit 0 after {MAX_RUNS} runs; faults {dict(proxy.counts)}")
-    if kills:
+    if case.kills:
         assert killed >= 1, "the test should have killed some runs"
     assert sum(proxy.counts[kind] for kind in FAILURES) > 0, f"no fault injected in {len(proxy.history)} requests"
     check_outcome(tmp_path, journal, runs, seed)
@@ -185,16 +198,12 @@ def check_outcome(tmp_path: Path, journal: Path, runs: list[Run], seed: int) -> 
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize(
-    ("rate", "kills"), CASES, ids=[f"{r * 100:02.0f}pct-{'kills' if k else 'nokill'}" for r, k in CASES]
-)
-def test_faulty_store_records_every_eval_exactly_once(
-    tmp_path: Path, proxy: FaultProxy, rate: float, kills: bool, seed: int
-) -> None:
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_faulty_store_records_every_eval_exactly_once(tmp_path: Path, proxy: FaultProxy, case: Case, seed: int) -> None:
     """Under injected S3 faults (and SIGKILLs), restarted runs finish with every eval recorded once."""
-    runs = torture(tmp_path, proxy, rate, seed, kills)
+    runs = torture(tmp_path, proxy, case, seed)
     exits = [r.code for r in runs]
-    print(f"rate {rate} seed {seed}: {len(proxy.history)} requests, exits {exits}, faults {dict(proxy.counts)}")
+    print(f"{case} seed {seed}: {len(proxy.history)} requests, exits {exits}, faults {dict(proxy.counts)}")
 
 
 def test_proxy_injects_each_kind_of_fault(proxy: FaultProxy) -> None:
