@@ -4,6 +4,7 @@ or openai/evals' own registry.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import os
 import unicodedata
@@ -154,8 +155,49 @@ def _find_in_registry_paths(name: str, registry_paths: Sequence[str]) -> EvalSet
         for path in sorted(Path(root, "eval_sets").glob("*.y*ml")):
             doc = _parse_yaml(_read_text(str(path)), str(path))
             if isinstance(doc, dict) and name in doc:
-                return _from_set_body(name, doc[name], str(path))
+                found = _from_set_body(name, doc[name], str(path))
+                specs = _eval_specs(registry_paths)
+                if not specs:  # a folder of sets only: the entries are the evals
+                    return found
+                return make_eval_set(name, _resolved(found.evals, specs, str(path)), str(path))
     return None
+
+
+def _eval_specs(registry_paths: Sequence[str]) -> dict[str, object]:
+    """Every eval definition in ``evals/*.yaml`` below the registry paths, in file order."""
+    specs: dict[str, object] = {}
+    for root in registry_paths:
+        for path in sorted(Path(root, "evals").glob("**/*.y*ml")):
+            doc = _parse_yaml(_read_text(str(path)), str(path))
+            if isinstance(doc, dict):
+                specs.update((str(key), value) for key, value in doc.items())
+    return specs
+
+
+def _resolved(entries: Sequence[str], specs: dict[str, object], location: str) -> list[str]:
+    """Set entries as oaievalset runs them: each a pattern (``*`` any text) matched against the
+    eval names, each match followed through its ``id`` alias to the full key.
+    """
+    keys: list[str] = []
+    for entry in entries:
+        matches = [name for name in specs if fnmatch.fnmatchcase(name, entry)]
+        if not matches:
+            if "*" in entry or "?" in entry or "[" in entry:
+                msg = f"{location}: pattern {entry!r} matches no eval in the registry's evals/"
+                raise EvalSetError(msg)
+            matches = [entry]  # not defined here: run it under the name the set gives
+        keys.extend(_full_key(name, specs) for name in matches)
+    return keys
+
+
+def _full_key(name: str, specs: dict[str, object]) -> str:
+    seen = {name}
+    spec = specs.get(name)
+    while isinstance(spec, dict) and isinstance(spec.get("id"), str) and spec["id"] not in seen:
+        name = spec["id"]
+        seen.add(name)
+        spec = specs.get(name)
+    return name
 
 
 def _load_from_openai_evals(name: str, registry_paths: Sequence[str]) -> EvalSet:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from batchrun.errors import EvalSetError
 from batchrun.evalset import load_eval_set
 
 REGISTRY = Path(__file__).parent / "data" / "openai-evals-registry"
@@ -48,11 +49,6 @@ def test_registry_folder_holds_the_sets_found_by_name() -> None:
         assert loaded.evals
 
 
-@pytest.mark.xfail(
-    reason="evalset._find_in_registry_paths returns a set's entries as written (aliases, patterns), "
-    "not the full eval keys oaievalset runs; batchrun/evalset.py (helper-2's) needs to resolve them",
-    strict=True,
-)
 @pytest.mark.parametrize("name", sorted(RESOLVED))
 def test_registry_folder_resolves_sets_to_the_keys_oaievalset_runs(name: str) -> None:
     """A set found below --registry-path resolves, as oaievalset does, to full eval keys such as
@@ -60,3 +56,13 @@ def test_registry_folder_resolves_sets_to_the_keys_oaievalset_runs(name: str) ->
     """
     loaded = load_eval_set(name, [str(REGISTRY)])
     assert sorted(loaded.evals) == sorted(RESOLVED[name])
+
+
+def test_a_pattern_that_matches_no_eval_is_bad_input(tmp_path: Path) -> None:
+    """A set entry with `*` that matches no eval of the registry is refused, not run as a literal name."""
+    (tmp_path / "eval_sets").mkdir()
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "eval_sets" / "s.yaml").write_text("s:\n  evals: [nothing-*]\n")
+    (tmp_path / "evals" / "e.yaml").write_text("e:\n  id: e.dev.v0\ne.dev.v0:\n  class: x:Y\n")
+    with pytest.raises(EvalSetError, match="matches no eval"):
+        load_eval_set("s", [str(tmp_path)])
