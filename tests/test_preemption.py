@@ -71,7 +71,7 @@ def test_sigterm_stops_the_eval_exits_143_and_a_restart_completes_it(evalset: Pa
     journal = evalset / "journal"
     command = fake_command(journal, "--sleep", "3", "--child")
     # A grace well above what stopping takes (about 0.6 s measured): the bound below is the README's
-    # promise (--grace + 2 s) and has room on a loaded machine, since these evals die on SIGTERM at once.
+    # promise (--grace + 5 s) and has room on a loaded machine, since these evals die on SIGTERM at once.
     proc = start(evalset, s3_env, "--command", command, "--grace", "10", "--jobs", "3")
     leaders = [int(e[3]) for e in wait_for(journal, "start", 3)]
     grandchildren = [int(e[2]) for e in wait_for(journal, "child", 3)]
@@ -80,7 +80,7 @@ def test_sigterm_stops_the_eval_exits_143_and_a_restart_completes_it(evalset: Pa
     _, stderr = proc.communicate(timeout=30)
     elapsed = time.monotonic() - signalled_at
     assert proc.returncode == 143, stderr
-    assert elapsed <= 10 + 2, f"took {elapsed:.1f} s from SIGTERM to exit"
+    assert elapsed <= 10 + 5, f"took {elapsed:.1f} s from SIGTERM to exit"
     assert not any(alive(pid) for pid in leaders)
     assert not any(alive(pid, b"time.sleep(600)") for pid in grandchildren)
     log = events(stderr)
@@ -138,7 +138,7 @@ def test_eval_that_ignores_the_stop_signal_is_killed_after_the_grace(evalset: Pa
     proc.communicate(timeout=30)
     elapsed = time.monotonic() - signalled_at
     assert proc.returncode == 143
-    # At least the grace; after it, stopping took about 0.6 s measured: 5 s of room for a loaded machine.
+    # At least the grace; then at most the README's 5 s (stopping took about 0.6 s measured).
     assert 2 <= elapsed <= 2 + 5, f"took {elapsed:.1f} s from SIGTERM to exit"
     assert not alive(pid)
     assert wait_for(journal, "signal")[0][2] == "SIGTERM"
