@@ -19,13 +19,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hypothesis import note
+from hypothesis import note as hypothesis_note
+from hypothesis.control import currently_in_test_context
 from stepping import Task
 
 from batchrun._state import Attempt, Outcome
 from batchrun.progress import ProgressStore
 
 _RANK = {None: 0, Outcome.INTERRUPTED: 1, Outcome.FAILED: 2, Outcome.COMPLETED: 3}
+
+
+def note(text: str) -> None:
+    """Say what happened: in the failing example Hypothesis prints, or on stdout in a replay."""
+    if currently_in_test_context():
+        hypothesis_note(text)
+    else:
+        print(text)
 
 
 class LostRecord(AssertionError):  # noqa: N818 - named for the broken property, as reported

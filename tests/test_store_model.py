@@ -35,11 +35,11 @@ from typing import Any
 
 import pytest
 from helpers import open_store
-from hypothesis import HealthCheck, note, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
-from progress_model import Model, Op, Writer
-from stepping import Killed, Scheduler
+from progress_model import Model, Op, Writer, note
+from stepping import Killed, Scheduler, Stuck
 
 from batchrun import RunIdentity
 from batchrun._state import EvalState, Outcome, RunState
@@ -48,7 +48,7 @@ from batchrun.progress import ProgressStore
 
 pytestmark = pytest.mark.model
 
-WRITERS = 3
+WRITERS = int(os.environ.get("BATCHRUN_MODEL_WRITERS", "2"))  # two find the races sooner than three
 EVALS = ("a", "b")
 IDENTITY = RunIdentity(model="m", eval_set="s", command="eval {eval}", extra_args=(), evals=EVALS)
 SETTLE_TIMEOUT_S = float(os.environ.get("BATCHRUN_MODEL_TIMEOUT", "30"))
@@ -162,17 +162,25 @@ class StoreModel(RuleBasedStateMachine):
         end = writer.unfinished.pop().finished(outcome, exit_code=0 if outcome is Outcome.COMPLETED else 1)
         self._begin(writer, "record", lambda: writer.store.record(end), record=end)
 
+    def compact(self, slot: int) -> None:
+        """Fold the events into the snapshot and rewrite P."""
+        self.begin(slot, "compact")
+
     def reset(self, slot: int) -> None:
         """Delete the run's progress; this process then starts a new run (it claims again)."""
         self.resets += 1
         self._begin(self.writers[slot], "reset", self.writers[slot].store.reset)
 
-    def step(self, slot: int, calls: int) -> None:
-        """Let the writer's next *calls* backend calls run (fewer if its operation ends)."""
-        writer = self.writers[slot]
-        for _ in range(calls):
-            if not self._step(writer):
+    def step(self, slot: int) -> None:
+        """Let the writer's next backend call run."""
+        self._step(self.writers[slot])
+
+    def run(self, slot: int) -> None:
+        """Let the writer's operation run to its end, alone."""
+        for _ in range(MAX_FINISH_CALLS):
+            if not self._step(self.writers[slot]):
                 return
+        self.model.fail(Stuck, f"{self.writers[slot].name} still running after {MAX_FINISH_CALLS} calls")
 
     def _step(self, writer: Writer) -> bool:
         op = writer.op
@@ -310,12 +318,14 @@ def _slot_rules() -> None:
     def resettable(slot: int) -> Callable[[StoreModel], bool]:
         return lambda m: idle(slot)(m) and m.resets < MAX_KILLS
 
-    ops = [f"start {name} {number}" for name in EVALS for number in (1, 2)] + ["compact", "load"]
+    ops = [f"start {name} {number}" for name in EVALS for number in (1, 2)] + ["load"]
     actions: list[tuple[str, Callable[[int], Callable[[StoreModel], bool]], dict[str, Any]]] = [
         ("begin", idle, {"op": st.sampled_from(ops)}),
         ("end", ending, {"outcome": st.sampled_from(Outcome)}),
+        ("compact", idle, {}),
         ("reset", resettable, {}),
-        ("step", busy, {"calls": st.integers(1, 6)}),
+        ("step", busy, {}),
+        ("run", busy, {}),
         ("kill", killable, {}),
     ]
     for slot in range(WRITERS):
@@ -363,4 +373,93 @@ def test_store_keeps_its_promises_under_any_interleaving(progress_uri: str, requ
             print_blob=True,
             suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
         ),
+    )
+
+
+# --- the races found so far, replayed call by call on every backend ---------------------------
+
+Action = Callable[[StoreModel], None]
+
+
+def act(name: str, slot: int, *args: Any) -> Action:
+    """One of the model's actions (begin, end, compact, reset, step, run, kill) on writer *slot*."""
+    return lambda machine: getattr(machine, name)(slot, *args)
+
+
+def until(slot: int, method: str, target: str) -> Action:
+    """Step writer *slot* until its next call is *method* on *target* (a path, with P for the progress file)."""
+
+    def stepping(machine: StoreModel) -> None:
+        writer = machine.writers[slot]
+        for _ in range(MAX_FINISH_CALLS):
+            assert writer.op is not None, f"{writer.name} ended without calling {method}({target})"
+            assert writer.op.task is not None
+            waiting = machine.scheduler.waiting(writer.op.task) or ""
+            name, _, args = waiting.partition("(")
+            if name == method and args.rstrip(")").split(", ")[0] == target:
+                return
+            machine.step(slot)
+
+    return stepping
+
+
+def replay(uri: str, *actions: Action) -> None:
+    """Play *actions* on a fresh model, checking the store after each, then finish everything."""
+    machine = StoreModel(_example_uri(uri))
+    try:
+        for action in (*actions, StoreModel.finish_all):
+            action(machine)
+            machine.store_matches_model()
+    finally:
+        machine.teardown()
+
+
+def completed(slot: int, eval_name: str, number: int = 1) -> list[Action]:
+    """Start attempt *number* of *eval_name* on writer *slot* and record it completed."""
+    start = act("begin", slot, f"start {eval_name} {number}")
+    return [start, act("run", slot), act("end", slot, Outcome.COMPLETED), act("run", slot)]
+
+
+def test_two_writers_never_start_the_same_attempt_number(progress_uri: str) -> None:
+    """A second start() of attempt 1 of an eval, by another writer, is refused."""
+    replay(progress_uri, act("begin", 0, "start a 1"), act("run", 0), act("begin", 1, "start a 1"), act("run", 1))
+
+
+def test_a_compactor_that_outlives_a_reset_resurrects_nothing(progress_uri: str) -> None:
+    """A compaction that gathered before a reset and writes its snapshot after it brings nothing back."""
+    replay(
+        progress_uri,
+        *completed(0, "a"),
+        act("compact", 0),
+        until(0, "replace", "P.d/snapshot.json"),
+        act("reset", 1),
+        act("run", 1),
+    )
+
+
+def test_a_progress_file_written_after_a_reset_is_not_imported(progress_uri: str) -> None:
+    """A compactor that rewrites P after a reset deleted it does not make old completions count."""
+    replay(
+        progress_uri,
+        *completed(0, "a"),
+        act("compact", 0),
+        until(0, "replace", "P.d/snapshot.json"),
+        act("step", 0),
+        act("reset", 1),
+        act("run", 1),
+    )
+
+
+def test_racing_compactors_never_move_p_backwards(progress_uri: str) -> None:
+    """A slow compactor does not overwrite a newer compactor's P with its older state."""
+    replay(
+        progress_uri,
+        *completed(0, "a"),
+        act("compact", 0),
+        until(0, "replace", "P.d/snapshot.json"),
+        act("step", 0),
+        *completed(1, "b"),
+        act("compact", 1),
+        act("run", 1),
+        act("run", 0),
     )
