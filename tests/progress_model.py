@@ -69,13 +69,14 @@ class Op:
     overlapped: bool = False  # a reset was in flight at some time while this ran
     killed: bool = False
     claims: bool = False  # the process claims the run first
+    seen: list[Attempt] = field(default_factory=list)  # start's attempt, then the end recorded
     ended: int | None = None
     erased: int | None = None  # a failed start whose record a settled reset erased
     task: Task | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
         if self.key is not None:
-            return f"start{self.key}"
+            return f"{self.kind}{self.key}"
         if self.record is not None:
             return f"record({self.record.eval}#{self.record.number} {self.record.id} {self.record.outcome})"
         return f"{self.kind}()"
@@ -139,8 +140,15 @@ class Model:
     def resets_unsettled(self) -> bool:
         return bool(self.watches)
 
-    def begin(self, writer: Writer, kind: str, key: tuple[str, int] | None = None, record: Attempt | None = None) -> Op:
-        op = Op(writer.name, kind, self.now(), key=key, record=record)
+    def begin(
+        self,
+        writer: Writer,
+        kind: str,
+        key: tuple[str, int] | None = None,
+        record: Attempt | None = None,
+        seen: list[Attempt] | None = None,
+    ) -> Op:
+        op = Op(writer.name, kind, self.now(), key=key, record=record, seen=[] if seen is None else seen)
         resetting = [w for w in self.watches if w.reset in self.running]
         op.overlapped = bool(resetting)
         for watch in resetting:
@@ -167,22 +175,37 @@ class Model:
         """
         return writer.born is None or writer.born != self.resets_begun
 
+    def learn(self, op: Op, *, stale: bool) -> None:
+        """Take in what *op* told its caller so far (``op.seen``: the attempt its start() returned,
+        then the end it records): a start that returned is acknowledged, an end is written.
+        """
+        if op.seen and (op.seen[0].id, None) not in self.records:
+            self.records[op.seen[0].id, None] = _Record(op.seen[0], op)
+            self._ack(op.seen[0], op, stale=stale, tick=self.now())
+            self._claimed(op, stale=stale)
+        for value in op.seen[1:]:
+            self.records.setdefault((value.id, value.outcome), _Record(value, op))
+
+    def _claimed(self, op: Op, *, stale: bool) -> None:
+        assert op.key is not None
+        prior = self.claims.get(op.key)
+        if prior is not None and not stale:
+            self.fail(DuplicateAttempt, f"{op.writer} and {prior.writer} both started attempt {op.key}")
+        if not op.overlapped and not stale:
+            self.claims[op.key] = op
+
     def end(self, op: Op, error: BaseException | None, result: object, *, stale: bool) -> None:
         op.ended = self.now()
         self.running.discard(op)
         if error is None and op.kind == "start" and isinstance(result, Attempt):
-            assert op.key is not None
-            self.records[result.id, None] = _Record(result, op)
-            self._ack(result, op, stale=stale)
-            prior = self.claims.get(op.key)
-            if prior is not None and not stale:
-                self.fail(DuplicateAttempt, f"{op.writer} and {prior.writer} both started attempt {op.key}")
-            if not op.overlapped and not stale:
-                self.claims[op.key] = op
-        elif error is None and op.record is not None:
+            op.seen = [result]
+        self.learn(op, stale=stale)
+        if op.key is not None and not op.seen:
+            self.blind.append(op)  # its start may be stored, under an id we never learnt
+        if error is None and op.record is not None:
             self._ack(op.record, op, stale=stale)
-        elif op.kind == "start":
-            self.blind.append(op)
+        if error is None and op.kind == "complete":
+            self._ack(op.seen[-1], op, stale=stale)
         for watch in list(self.watches):
             if watch.reset is op:
                 watch.completed = error is None
@@ -192,9 +215,9 @@ class Model:
                 if watch.completed:
                     self._erase_before(watch.reset.began)
 
-    def _ack(self, value: Attempt, op: Op, *, stale: bool) -> None:
+    def _ack(self, value: Attempt, op: Op, *, stale: bool, tick: int | None = None) -> None:
         rec = self.records[value.id, value.outcome]
-        rec.acked, rec.strong = op.ended, not op.overlapped and not stale
+        rec.acked, rec.strong = tick or op.ended, not op.overlapped and not stale
 
     def _erase_before(self, began: int) -> None:
         tick = self.now()

@@ -42,7 +42,7 @@ from progress_model import Model, Op, Writer, note
 from stepping import Killed, Scheduler, Stuck
 
 from batchrun import RunIdentity
-from batchrun._state import EvalState, Outcome, RunState
+from batchrun._state import Attempt, EvalState, Outcome, RunState
 from batchrun.errors import AttemptTakenError, StoreError
 from batchrun.progress import ProgressStore
 
@@ -130,7 +130,7 @@ class StoreModel(RuleBasedStateMachine):
     # --- the actions; rules for each writer slot are made from them below the class ----------
 
     def _begin(self, writer: Writer, kind: str, action: Callable[[], object], **details: Any) -> None:
-        claims = kind in ("start", "record", "compact") and not writer.claimed
+        claims = kind in ("start", "complete", "record", "compact") and not writer.claimed
         op = self.model.begin(writer, kind, **details)
         op.claims = claims
         note(f"{writer.name} begins {op}{' (claiming the run first)' if claims else ''}")
@@ -145,7 +145,8 @@ class StoreModel(RuleBasedStateMachine):
         self._after_progress(writer)
 
     def begin(self, slot: int, op: str) -> None:
-        """Begin *op* on an idle writer ("start EVAL N", "compact" or "load"); a process that has not
+        """Begin *op* on an idle writer ("start EVAL N", "complete EVAL N": start and record it completed,
+        "compact" or "load"); a process that has not
         claimed the run (stored or checked its identity) does that first, as `run` does.
         """
         writer = self.writers[slot]
@@ -153,8 +154,23 @@ class StoreModel(RuleBasedStateMachine):
         if kind == "start":
             eval_name, number = attempt[0], int(attempt[1])
             self._begin(writer, "start", lambda: writer.store.start(eval_name, number), key=(eval_name, number))
+        elif kind == "complete":
+            self._complete(writer, attempt[0], int(attempt[1]))
         else:
             self._begin(writer, kind, getattr(writer.store, kind))
+
+    def _complete(self, writer: Writer, eval_name: str, number: int) -> None:
+        """Start an attempt and record it completed, in one operation (an eval that succeeds)."""
+        seen: list[Attempt] = []
+
+        def complete() -> Attempt:
+            attempt = writer.store.start(eval_name, number)
+            seen.append(attempt)
+            seen.append(attempt.finished(Outcome.COMPLETED, exit_code=0))
+            writer.store.record(seen[-1])
+            return seen[-1]
+
+        self._begin(writer, "complete", complete, key=(eval_name, number), seen=seen)
 
     def end(self, slot: int, outcome: Outcome) -> None:
         """Record the end of the writer's newest unended attempt."""
@@ -196,6 +212,8 @@ class StoreModel(RuleBasedStateMachine):
         op = writer.op
         assert op is not None
         assert op.task is not None
+        # A process that claims the run in this very operation is as fresh as its claim.
+        self.model.learn(op, stale=op.overlapped if op.claims else self.model.stale(writer))
         if not op.task.done:
             return True
         writer.op = None
@@ -318,7 +336,8 @@ def _slot_rules() -> None:
     def resettable(slot: int) -> Callable[[StoreModel], bool]:
         return lambda m: idle(slot)(m) and m.resets < MAX_KILLS
 
-    ops = [f"start {name} {number}" for name in EVALS for number in (1, 2)] + ["load"]
+    ops = [f"{verb} {name} {number}" for verb in ("start", "complete") for name in EVALS for number in (1, 2)]
+    ops.append("load")
     actions: list[tuple[str, Callable[[int], Callable[[StoreModel], bool]], dict[str, Any]]] = [
         ("begin", idle, {"op": st.sampled_from(ops)}),
         ("end", ending, {"outcome": st.sampled_from(Outcome)}),
