@@ -164,8 +164,10 @@ class ProgressStore:
             attempt_id = f"{self.writer}-{self._attempts}"
         attempt = Attempt(attempt_id, eval_name, number, self.worker, time.time(), epoch=epoch, alone=alone)
         claim = {"attempt": attempt_id, "writer": self.writer, "worker": self.worker, "started_at": attempt.started_at}
+        # Not fsynced: a claim only keeps live writers apart. After a crash of the machine, numbers
+        # come from the attempt records, which are durable (a claim that vanished guards nothing).
         try:
-            self.backend.create(self._claim_path(eval_name, number), json.dumps(claim).encode(), durable=True)
+            self.backend.create(self._claim_path(eval_name, number), json.dumps(claim).encode(), durable=False)
         except ConflictError as exc:
             msg = f"attempt {number} of eval {eval_name!r} was claimed by another writer"
             raise AttemptTakenError(msg) from exc

@@ -224,7 +224,9 @@ class Runner:
                 if not entered:
                     return
                 # Backpressure: no new eval while the store is behind with what the last ones did.
-                self.store.wait_for_room(self.plan.jobs, self.stop.requested)
+                # Each running eval may have one batch (its start, the end before it) in flight and
+                # one end queued; beyond that the store is behind, and the run waits for it.
+                self.store.wait_for_room(2 * self.plan.jobs + 1, self.stop.requested)
                 number = self.ledger.next_number(name)
                 alone = step.alone or self.plan.jobs == 1
                 try:

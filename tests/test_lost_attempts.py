@@ -227,7 +227,9 @@ def test_no_eval_starts_while_records_pile_up_unwritten(tmp_path: Path) -> None:
     ran = sum(1 for e in journal_entries(journal) if e[0] == "end")
     release.set()
     thread.join(60)
-    assert ran <= 2
+    # e00 (whose start was written), e01 (whose start is in the write that hangs) and at most one
+    # more whose start is queued behind it; before the fix all 30 ran.
+    assert ran <= 3
     assert open_store(str(tmp_path / "p.txt")).load().completed_order() == [f"e{i:02d}" for i in range(30)]
 
 
