@@ -253,11 +253,14 @@ class ProgressStore:
         return self.backend.read(self.location.path) is not None or bool(self.backend.listdir(self.location.sidecar))
 
     def reset(self) -> None:
-        """Delete the run's progress. The identity and snapshot go first: a writer or compactor
-        that outlives the reset then fails its conditional writes, or writes under a generation
-        that no later run reads; the progress file goes last.
+        """Delete the run's progress, in an order that a kill at any point leaves consistent:
+        P first (a reset killed then leaves the run whole, and the next compaction rewrites P);
+        then the identity and snapshot, after which a writer or compactor that outlives the reset
+        fails its conditional writes or writes under a generation no later run reads; then the
+        rest; then P once more, in case a compactor that had passed its checks wrote it meanwhile.
         """
         sidecar = self.location.sidecar
+        self.backend.delete([self.location.path])
         self.backend.delete([self._identity_path, f"{sidecar}/snapshot.json"])
         self.backend.delete_tree(sidecar)
         self.backend.delete([self.location.path])
