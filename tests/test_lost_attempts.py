@@ -133,15 +133,22 @@ def test_an_eval_that_keeps_killing_its_pod_ends_failed_after_max_lost(tmp_path:
 
 
 @pytest.mark.slow
-def test_two_runs_at_once_never_exceed_max_attempts(tmp_path: Path) -> None:
-    """Two concurrent runs with --max-attempts 2 run a failing eval at most twice, with distinct attempt numbers."""
+@pytest.mark.parametrize("stagger", [0.0, 0.3])
+def test_two_runs_at_once_never_exceed_max_attempts(tmp_path: Path, stagger: float) -> None:
+    """Two concurrent runs with --max-attempts 2 run a failing eval at most twice, with distinct attempt
+    numbers. A run that loads after the other's attempt began takes that attempt for lost, as after a
+    pod death, until its record shows an end; the retry backoff gives the end time to arrive. Telling a
+    live writer from a dead one at once needs the heartbeats of the many-pods work.
+    """
     (tmp_path / "set.txt").write_text("x\n")
     journal = tmp_path / "journal"
     progress = str(tmp_path / "p.txt")
     command = fake_command(journal, "--sleep", "0.5", "--fail", "x")
     args = ["run", "m", "set.txt", "--progress", progress, "--command", command]
-    args += ["--max-attempts", "2", "--retry-backoff", "0"]
-    procs = [start_pod(args, tmp_path, tmp_path / f"log{i}") for i in range(2)]
+    args += ["--max-attempts", "2", "--retry-backoff", "2"]
+    procs = [start_pod(args, tmp_path, tmp_path / "log0")]
+    time.sleep(stagger)  # 0.3 s: the second run loads after the first one's attempt began
+    procs.append(start_pod(args, tmp_path, tmp_path / "log1"))
     assert [p.wait(timeout=60) for p in procs] == [1, 1]
     numbers = [e[2] for e in journal_entries(journal) if e[0] == "start"]
     assert len(numbers) <= 2
