@@ -110,3 +110,14 @@ def system_tool(name: str, why: str) -> str:
             pytest.fail(f"{name} is missing in CI: {why}")
         pytest.skip(f"{name} is not installed ({why}; .ci/run installs it)")
     return path
+
+
+def wait_for(journal: Path, kind: str, count: int = 1, timeout: float = 30) -> list[list[str]]:
+    """The journal entries of *kind* once there are *count* of them; the test fails after *timeout* s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entries = [e for e in journal_entries(journal) if e[0] == kind]
+        if len(entries) >= count:
+            return entries
+        time.sleep(0.02)
+    pytest.fail(f"no {count} {kind!r} entries in the journal after {timeout} s")

@@ -12,7 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import BUCKET, batchrun, fake_command, journal_entries, kill_fake_evals, wait_for_recorded_attempts
+from helpers import (
+    BUCKET,
+    batchrun,
+    fake_command,
+    journal_entries,
+    kill_fake_evals,
+    wait_for,
+    wait_for_recorded_attempts,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +46,6 @@ def start(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Popen[s
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_for(journal: Path, kind: str, count: int = 1, timeout: float = 30) -> list[list[str]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entries = [e for e in journal_entries(journal) if e[0] == kind]
-        if len(entries) >= count:
-            return entries
-        time.sleep(0.02)
-    pytest.fail(f"no {count} {kind!r} entries in the journal after {timeout} s")
 
 
 def events(stderr: str) -> list[dict[str, object]]:

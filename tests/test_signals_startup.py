@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import BUCKET, aws_env, batchrun, fake_command, free_port, journal_entries
+from helpers import BUCKET, aws_env, batchrun, fake_command, free_port, wait_for
 
 from batchrun._signals import StopRequest
 from batchrun.errors import StoppedError
@@ -57,16 +57,6 @@ def run_args(tmp_path: Path, *args: str) -> tuple[str, ...]:
 
 def progress(tmp_path: Path) -> str:
     return str(tmp_path / "progress" / "m.s.progress.txt")
-
-
-def wait_for(journal: Path, kind: str, count: int = 1, timeout: float = 30) -> list[list[str]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entries = [e for e in journal_entries(journal) if e[0] == kind]
-        if len(entries) >= count:
-            return entries
-        time.sleep(0.02)
-    pytest.fail(f"no {count} {kind!r} entries in the journal after {timeout} s")
 
 
 def alive(pid: int) -> bool:
