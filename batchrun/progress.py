@@ -190,6 +190,10 @@ class ProgressStore:
         """Wait until every queued record is written."""
         self._events.recorder.flush()
 
+    def close(self) -> None:
+        """Write what is queued, then stop the group-commit thread (the store can't record after)."""
+        self._events.recorder.close()
+
     def wait_for_room(self, limit: int, stop: threading.Event) -> None:
         """Block while more than *limit* records are unwritten (a slow store slows the run)."""
         self._events.recorder.wait_below(limit, stop)

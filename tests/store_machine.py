@@ -283,11 +283,8 @@ class StoreModel(RuleBasedStateMachine):
     def teardown(self) -> None:
         """Kill whatever still runs, and stop every thread the example started."""
         self.scheduler.close()
-        for store in self.stores:  # stop each store's group-commit thread (ProgressStore has no close())
-            events = getattr(store, "_events", None)
-            recorder = getattr(store, "_recorder", None) or getattr(events, "recorder", None)
-            if recorder is not None and hasattr(recorder, "close"):
-                recorder.close()
+        for store in self.stores:  # stop each store's group-commit thread
+            store.close()
 
 
 def _slot_rules() -> None:
