@@ -236,7 +236,7 @@ class Runner:
                     continue
                 start_written.add_done_callback(self.ledger.check_written)
                 self.ledger.remember(attempt)
-                finished = self._attempt(attempt, step.failures)
+                finished = self._attempt(attempt, step.failures, after_lost=step.alone)
             if finished is None or finished:
                 return
             delay = self._backoff(step.failures + 1)
@@ -249,7 +249,7 @@ class Runner:
         self.log.info("eval.claimed_elsewhere", eval=name, attempt=number)
         self.ledger.wait_for_other_writer(name, number)
 
-    def _attempt(self, attempt: Attempt, failures: int) -> bool | None:
+    def _attempt(self, attempt: Attempt, failures: int, *, after_lost: bool) -> bool | None:
         """Run one claimed attempt and record how it ended: True when the eval needs no further
         attempt now, False to retry, None when the run stopped before it started.
         """
@@ -257,7 +257,8 @@ class Runner:
         argv = self.plan.template.render(
             model=self.plan.model, eval_name=attempt.eval, eval_set=self.plan.eval_set.name, attempt=attempt.number
         )
-        log.info("eval.started", command=argv, alone=attempt.alone)
+        # "alone" is news only when the eval runs alone because its last attempt was lost.
+        log.info("eval.started", command=argv, **({"alone": True} if after_lost else {}))
         started = time.monotonic()
         result = self.executor.execute(attempt, argv)
         duration = round(time.monotonic() - started, 3)
