@@ -144,7 +144,7 @@ _S3_DEFAULTS: Mapping[str, Any] = {
     "config_kwargs": {
         "retries": {"mode": "standard", "total_max_attempts": 3},
         "connect_timeout": 5,
-        "read_timeout": 30,
+        "read_timeout": 10,  # progress objects are small: a store that doesn't answer in 10 s is retried
     },
 }
 
@@ -168,5 +168,8 @@ def open_backend(protocol: str, storage_options: Mapping[str, Any]) -> Backend:
     from batchrun._fsspec_backend import FsspecBackend, S3Backend  # noqa: PLC0415
 
     if protocol in ("s3", "s3a"):
+        # s3fs's own loop would retry each timeout 5 times on top of botocore's tries and our rounds
+        # (a store that accepts connections and never answers then stayed silent for many minutes).
+        fs.retries = 1
         return S3Backend(fs, f"{protocol}://")
     return FsspecBackend(fs, f"{protocol}://")

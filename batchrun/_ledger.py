@@ -34,6 +34,7 @@ class Ledger:
         self.lock = threading.Lock()
         self.state = RunState()
         self._open_at_start: set[str] = set()
+        self._presumed_lost: set[str] = set()  # other writers' attempts waited for in vain
         self._taken: dict[str, int] = {}  # per eval, the highest attempt number another writer claimed
         self.done = 0
         self.failed: list[str] = []
@@ -62,7 +63,8 @@ class Ledger:
 
     def elsewhere(self, attempts: list[Attempt], mine: Collection[str]) -> list[Attempt]:
         """Open attempts that another live writer started after this run began."""
-        return [a for a in attempts if a.outcome is None and a.id not in mine and a.id not in self._open_at_start]
+        gone = self._open_at_start | self._presumed_lost
+        return [a for a in attempts if a.outcome is None and a.id not in mine and a.id not in gone]
 
     def next_number(self, name: str) -> int:
         """The number to claim for the next attempt of *name*."""
@@ -81,9 +83,10 @@ class Ledger:
                 return False
         return True
 
-    def wait_for_other_writer(self, name: str, number: int) -> None:
+    def wait_for_other_writer(self, name: str, number: int, bound: float) -> bool:
         """Another process has attempt *number*: wait until its record says it ended (or the eval
-        is done, or the claim turns out to have no attempt behind it).
+        is done, or the claim turns out to have no attempt behind it). False if it was still open
+        after *bound* seconds: its writer is presumed dead, and the attempt counts as lost.
         """
         with self.lock:
             self._taken[name] = max(self._taken.get(name, 0), number)
@@ -94,9 +97,15 @@ class Ledger:
                 state = self.state.state(name)
                 theirs = [a for a in self.state.of(name) if a.number == number]
             if state is EvalState.DONE or any(a.outcome is not None for a in theirs):
-                return
-            if not theirs and time.monotonic() - first_seen > ORPHAN_CLAIM_S:
-                return  # the claim's writer died before recording the attempt: it never ran
+                return True
+            waited = time.monotonic() - first_seen
+            if not theirs and waited > ORPHAN_CLAIM_S:
+                return True  # the claim's writer died before recording the attempt: it never ran
+            if waited > bound:
+                with self.lock:
+                    self._presumed_lost.update(a.id for a in theirs)
+                return False
+        return True
 
     # --- records --------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import random
 import signal
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import structlog
@@ -29,6 +29,7 @@ from batchrun.progress import ProgressStore
 COMPACT_EVERY_S = 2.0
 BACKOFF_CAP_S = 300.0
 FINAL_WRITE_S = 5.0  # during a stop: how long the last records and compaction may take
+OTHER_WRITER_WAIT_S = 600.0  # without --eval-timeout: how long another writer's attempt is waited for
 
 Log = structlog.typing.FilteringBoundLogger
 
@@ -157,7 +158,7 @@ class Runner:
         with ThreadPoolExecutor(self.plan.jobs, thread_name_prefix="batchrun-eval") as pool:
             futures: list[Future[None]] = [pool.submit(self._run_eval, name, epoch) for name, epoch in queue]
             try:
-                for future in futures:
+                for future in as_completed(futures):  # the first error stops the run, whichever eval it is
                     future.result()
             except BaseException:
                 # A store that stopped answering (or a bug): stop the other evals the orderly way.
@@ -189,7 +190,9 @@ class Runner:
 
         threading.Thread(target=work, name="batchrun-final-write", daemon=True).start()
         deadline = time.monotonic() + FINAL_WRITE_S
-        while not finished.wait(0.05) and time.monotonic() < deadline and not self.stop.urgent.is_set():
+        # Not cut short by a second signal: the records of interrupted attempts are what keeps them
+        # from counting as lost; the bound is what keeps the exit prompt.
+        while not finished.wait(0.05) and time.monotonic() < deadline:
             pass
         if not finished.is_set() or failure:
             error = str(failure[0]) if failure else f"not done within {FINAL_WRITE_S:g} s"
@@ -227,6 +230,8 @@ class Runner:
                 # Each running eval may have one batch (its start, the end before it) in flight and
                 # one end queued; beyond that the store is behind, and the run waits for it.
                 self.store.wait_for_room(2 * self.plan.jobs + 1, self.stop.requested)
+                if self.stop.requested.is_set():
+                    return  # claim nothing that would never run
                 number = self.ledger.next_number(name)
                 alone = step.alone or self.plan.jobs == 1
                 try:
@@ -247,7 +252,12 @@ class Runner:
 
     def _wait_for_other_writer(self, name: str, number: int) -> None:
         self.log.info("eval.claimed_elsewhere", eval=name, attempt=number)
-        self.ledger.wait_for_other_writer(name, number)
+        # Its writer may have died with it (no heartbeats yet): past the longest an attempt of this
+        # run can last, the attempt counts as lost.
+        timeout = self.plan.eval_timeout
+        bound = OTHER_WRITER_WAIT_S if timeout is None else timeout + self.plan.grace + 30.0
+        if not self.ledger.wait_for_other_writer(name, number, bound):
+            self.log.warning("eval.claim_presumed_lost", eval=name, attempt=number, waited_s=round(bound))
 
     def _attempt(self, attempt: Attempt, failures: int, *, after_lost: bool) -> bool | None:
         """Run one claimed attempt and record how it ended: True when the eval needs no further

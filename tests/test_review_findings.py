@@ -1,0 +1,111 @@
+"""Defects found by reviewing the hardening work itself: a wait for a dead writer that never ended,
+a second stop signal that dropped the final write, and a store error that waited for the queue.
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import fake_command, journal_entries, open_store
+from structlog.testing import capture_logs
+
+from batchrun import CommandTemplate, EvalSet, RunPlan, StoreError
+from batchrun import _ledger as ledger_module
+from batchrun._console import Console
+from batchrun._ledger import Ledger
+from batchrun._signals import StopRequest
+from batchrun._state import Outcome
+from batchrun.runner import Runner
+
+
+class Wrapped:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_an_attempt_whose_writer_died_is_waited_for_only_up_to_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer's attempt that never ends (its process was killed) is presumed lost after the
+    bound, instead of holding this run for ever.
+    """
+    monkeypatch.setattr(ledger_module, "POLL_OTHER_S", 0.05)
+    uri = str(tmp_path / "p.txt")
+    ledger = Ledger(open_store(uri), StopRequest(), signal.SIGTERM)
+    ledger.load()
+    dead = open_store(uri).start("e", 1)  # opened after our load: looks like a live writer's
+    ledger.refresh()
+    assert [a.id for a in ledger.elsewhere(ledger.attempts("e", 0), set())] == [dead.id]
+    started = time.monotonic()
+    assert ledger.wait_for_other_writer("e", 1, bound=0.3) is False
+    assert time.monotonic() - started < 30
+    assert ledger.elsewhere(ledger.attempts("e", 0), set()) == []
+    assert ledger.next_number("e") == 2
+
+
+def test_a_second_signal_does_not_drop_the_records_of_interrupted_attempts(tmp_path: Path) -> None:
+    """With a slow store, a second stop signal still lets the final write store the interrupted record."""
+    store = open_store(str(tmp_path / "p.txt"))
+    slow = Wrapped(store.backend)
+
+    def create(path: str, data: bytes, *, durable: bool) -> None:
+        if "/events/" in path:
+            time.sleep(0.3)
+        store.backend.inner.create(path, data, durable=durable)  # type: ignore[attr-defined]
+
+    slow.create = create  # type: ignore[attr-defined]
+    store.backend = slow  # type: ignore[assignment]
+    journal = tmp_path / "journal"
+    template = CommandTemplate.parse(fake_command(journal, "--sleep", "30"))
+    console = Console(out=io.BytesIO(), err=io.StringIO(), bar=False)
+    stop = StopRequest()
+    runner = Runner(RunPlan("m", EvalSet("s", ("e",), "t"), template, grace=0.5), store, console, stop)
+    thread = threading.Thread(target=runner.run)
+    with capture_logs() as logs:
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not journal_entries(journal) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stop.request(signal.SIGINT)
+        time.sleep(0.1)
+        stop.request(signal.SIGINT)  # Ctrl-C again
+        thread.join(30)
+    assert "run.progress_not_saved" not in [e["event"] for e in logs]  # before the fix: given up at once
+    (attempt,) = open_store(str(tmp_path / "p.txt")).load().of("e")
+    assert attempt.outcome is Outcome.INTERRUPTED
+
+
+def test_a_store_error_in_one_eval_stops_the_run_at_once(tmp_path: Path) -> None:
+    """A claim the store refuses for a later eval stops the run then, not when the evals queued
+    before it finish, and no further eval starts.
+    """
+    store = open_store(str(tmp_path / "p.txt"))
+    failing = Wrapped(store.backend)
+
+    def create(path: str, data: bytes, *, durable: bool) -> None:
+        if "/claims/" in path and "/c/" in path:
+            msg = "progress store: cannot create (simulated outage)"
+            raise StoreError(msg)
+        store.backend.inner.create(path, data, durable=durable)  # type: ignore[attr-defined]
+
+    failing.create = create  # type: ignore[attr-defined]
+    store.backend = failing  # type: ignore[assignment]
+    journal = tmp_path / "journal"
+    template = CommandTemplate.parse(fake_command(journal, "--sleep", "30"))
+    console = Console(out=io.BytesIO(), err=io.StringIO(), bar=False)
+    names = ("a", "c", "d", "e", "f")
+    runner = Runner(RunPlan("m", EvalSet("s", names, "t"), template, jobs=2, grace=0.5), store, console)
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="simulated outage"):
+        runner.run()
+    assert time.monotonic() - started < 25  # "a" sleeps 30 s: before the fix the error waited for it
+    assert {e[1] for e in journal_entries(journal) if e[0] == "start"} <= {"a"}
