@@ -1,10 +1,12 @@
 """Set names looked up in a registry folder laid out like openai/evals' own, without the `evals` package
 (about 4 GB with torch; CI does not install it).
 
-tests/data/openai-evals-registry is a copy of files from openai/evals' evals/registry at commit 4bfc1f58:
-eval_sets/{test-basic,coqa-ex,mmmu}.yaml and evals/{test-basic,coqa-ex}.yaml whole, evals/mmmu.yaml cut
-to its first three subjects. The expected keys are what oaievalset resolves there (its Registry: a set's
-entries are patterns matched against the eval names, `*` any text; an alias's `id` leads to the full key).
+tests/data/openai-evals-registry is written for these tests in the shape of openai/evals' evals/registry
+(read, not copied): eval_sets/{test-basic,coqa-ex,mmmu}.yaml with the real sets' entries, and evals/*.yaml
+with aliases whose `id` names the full key, full keys ending `.s1.simple-v0` or `.dev.v0`, and mmmu's
+`.dev.v1` twins that its pattern `mmmu-*.validation.v1` must not match. The expected keys are what
+oaievalset resolves there (its Registry: a set's entries are patterns matched against the eval names, `*`
+any text; an alias's `id` leads to the full key).
 """
 
 from __future__ import annotations
