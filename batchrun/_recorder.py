@@ -58,11 +58,6 @@ class GroupCommit(Generic[T]):
         for future in pending:
             future.exception()
 
-    def unwritten(self) -> int:
-        """Items queued or being written."""
-        with self._cond:
-            return len(self._queue) + len(self._writing)
-
     def wait_below(self, limit: int, stop: threading.Event, poll: float = 0.05) -> None:
         """Block while more than *limit* items are unwritten, or until *stop* is set (backpressure:
         work that produces records waits for the store instead of piling up what a kill loses).

@@ -75,7 +75,7 @@ class Attempt:
 
     @property
     def counts(self) -> bool:
-        """Whether this attempt counts toward --max-attempts (interrupted ones don't)."""
+        """Whether `status` counts this as an attempt (interrupted ones are shown apart)."""
         return self.outcome is not Outcome.INTERRUPTED
 
     def to_json(self) -> dict[str, Any]:
@@ -156,10 +156,6 @@ class RunState:
     def epoch(self, eval_name: str) -> int:
         """The newest --retry-failed round of *eval_name* (0 before any)."""
         return max((a.epoch for a in self.attempts.get(eval_name, {}).values()), default=0)
-
-    def counted(self, eval_name: str, epoch: int) -> list[Attempt]:
-        """The attempts of round *epoch* that count toward --max-attempts, oldest first."""
-        return [a for a in self.of(eval_name) if a.epoch == epoch and a.counts]
 
     def state(self, eval_name: str) -> EvalState:
         """Done once any attempt completed; failed once the newest round gave up; else pending."""

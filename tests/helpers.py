@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,3 +122,13 @@ def wait_for(journal: Path, kind: str, count: int = 1, timeout: float = 30) -> l
             return entries
         time.sleep(0.02)
     pytest.fail(f"no {count} {kind!r} entries in the journal after {timeout} s")
+
+
+class Wrapped:
+    """A backend wrapper that passes every call through; a test overrides the methods it needs."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

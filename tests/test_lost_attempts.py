@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import batchrun, fake_command, journal_entries, kill_fake_evals, open_store
+from helpers import Wrapped, batchrun, fake_command, journal_entries, kill_fake_evals, open_store
 from structlog.testing import capture_logs
 
 from batchrun import CommandTemplate, EvalSet, Outcome, RunPlan, StoreError
@@ -154,16 +154,6 @@ def test_two_runs_at_once_never_exceed_max_attempts(tmp_path: Path, stagger: flo
     assert len(numbers) <= 2
     assert len(numbers) == len(set(numbers))
     assert open_store(progress).load().state("x") is EvalState.FAILED
-
-
-class Wrapped:
-    """A backend wrapper whose methods can be overridden per test."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 def runner_for(tmp_path: Path, store: Any, names: tuple[str, ...], **plan: Any) -> tuple[Runner, Path]:

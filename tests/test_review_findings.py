@@ -9,10 +9,9 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import fake_command, journal_entries, open_store
+from helpers import Wrapped, fake_command, journal_entries, open_store
 from structlog.testing import capture_logs
 
 from batchrun import CommandTemplate, EvalSet, RunPlan, StoreError
@@ -22,14 +21,6 @@ from batchrun._ledger import Ledger
 from batchrun._signals import StopRequest
 from batchrun._state import Outcome
 from batchrun.runner import Runner
-
-
-class Wrapped:
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 def test_an_attempt_whose_writer_died_is_waited_for_only_up_to_a_bound(
