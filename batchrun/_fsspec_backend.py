@@ -95,10 +95,11 @@ class FsspecBackend:
                 return
             entries = sorted(found.items(), key=lambda item: item[0].count("/"), reverse=True)
             for name, info in entries:
-                with contextlib.suppress(FileNotFoundError, OSError):
-                    if info.get("type") == "directory":
+                if info.get("type") == "directory":
+                    with contextlib.suppress(OSError):  # object stores' folders are only prefixes
                         self.fs.rmdir(name)
-                    else:
+                else:
+                    with contextlib.suppress(FileNotFoundError):  # a failure to delete is a StoreError
                         self.fs.rm_file(name)
             with contextlib.suppress(FileNotFoundError, OSError):
                 self.fs.rmdir(path)
