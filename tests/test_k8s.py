@@ -1,9 +1,11 @@
 """The Kubernetes manifests: every overlay renders with kustomize, validates against the real
-schemas, and agrees with batchrun's own exit codes and grace period.
+schemas, and agrees with batchrun's own exit codes and grace period; the parallel component makes an
+Indexed Job whose pod count is set in one place.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,11 +19,16 @@ from batchrun import errors
 from batchrun.runner import FINAL_WRITE_S
 
 K8S = Path(__file__).parent.parent / "k8s"
-LAYOUTS = ["base", "overlays/eks-spot", "overlays/gke-spot", "overlays/s3-compatible"]
+SINGLE = ["base", "overlays/eks-spot", "overlays/gke-spot", "overlays/s3-compatible"]
+PARALLEL = ["overlays/eks-spot-parallel"]  # Indexed Jobs through components/parallel
+LAYOUTS = SINGLE + PARALLEL
+# Both schema versions know completionMode, backoffLimitPerIndex, maxFailedIndexes and FailIndex
+# (beta and on by default from 1.29, GA in 1.33).
 VERSIONS = ["1.31.0", "1.37.0"]
+JOB_NAME_LABEL = "metadata.labels['batch.kubernetes.io/job-name']"
 
 
-def render(layout: str) -> list[dict[str, Any]]:
+def render(layout: str | Path) -> list[dict[str, Any]]:
     kubectl = system_tool("kubectl", "renders the manifests with kustomize")
     out = subprocess.run([kubectl, "kustomize", str(K8S / layout)], capture_output=True, text=True, check=True).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
@@ -34,6 +41,12 @@ def job_of(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def env_of(job: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def field_refs_of(job: dict[str, Any]) -> dict[str, str]:
+    """The container's env vars set from the downward API, by name: their fieldPath."""
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    return {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in env if "fieldRef" in e.get("valueFrom", {})}
 
 
 def validate(path: Path, version: str) -> subprocess.CompletedProcess[str]:
@@ -66,7 +79,7 @@ def test_strict_validation_rejects_a_misspelled_field(tmp_path: Path) -> None:
 
 
 def test_pod_failure_policy_uses_batchruns_exit_codes() -> None:
-    """Disruptions and exit 143 are ignored; exit 1 and 2 fail the Job at once, per errors.py."""
+    """Disruptions, exit 143 and exit 75 (fenced) are ignored; exit 1 and 2 fail the Job at once, per errors.py."""
     rules = job_of(render("base"))["spec"]["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     by_action = {r["action"]: r["onExitCodes"] for r in rules[1:]}
@@ -75,8 +88,26 @@ def test_pod_failure_policy_uses_batchruns_exit_codes() -> None:
         "operator": "In",
         "values": [errors.EXIT_EVAL_FAILED, errors.EXIT_BAD_INPUT],
     }
-    assert by_action["Ignore"]["values"] == [errors.EXIT_SIGTERM]
+    assert by_action["Ignore"]["values"] == [errors.EXIT_SIGTERM, errors.EXIT_FENCED]
     assert errors.EXIT_STORE not in by_action["FailJob"]["values"]  # an unreachable store may come back
+
+
+@pytest.mark.parametrize("layout", PARALLEL)
+def test_parallel_pod_failure_policy_uses_batchruns_exit_codes(layout: str) -> None:
+    """With many pods, bad input fails the Job, failed evals fail only that pod's index, SIGTERM and
+    fencing are ignored, and a store outage or an internal error is counted, per errors.py.
+    """
+    rules = job_of(render(layout))["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    by_action = {r["action"]: r["onExitCodes"] for r in rules[1:]}
+    assert len(by_action) == len(rules) - 1  # one exit-code rule per action
+    assert {action: codes["values"] for action, codes in by_action.items()} == {
+        "FailJob": [errors.EXIT_BAD_INPUT],
+        "FailIndex": [errors.EXIT_EVAL_FAILED],
+        "Ignore": [errors.EXIT_SIGTERM, errors.EXIT_FENCED],
+        "Count": [errors.EXIT_STORE, errors.EXIT_INTERNAL],
+    }
+    assert all(codes["containerName"] == "batchrun" and codes["operator"] == "In" for codes in by_action.values())
 
 
 def action_for(rules: list[dict[str, Any]], exit_code: int) -> str:
@@ -94,11 +125,14 @@ def action_for(rules: list[dict[str, Any]], exit_code: int) -> str:
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_exit_code_gets_the_intended_job_action(layout: str) -> None:
-    """Failed evals and bad input fail the Job; SIGTERM is free; a store outage or an internal error (70) is retried."""
+    """Failed evals fail the Job (one pod) or the pod's index (many); bad input fails the Job; SIGTERM and
+    fencing are free; a store outage or an internal error (70) is retried.
+    """
     rules = job_of(render(layout))["spec"]["podFailurePolicy"]["rules"]
-    assert action_for(rules, errors.EXIT_EVAL_FAILED) == "FailJob"
+    assert action_for(rules, errors.EXIT_EVAL_FAILED) == ("FailIndex" if layout in PARALLEL else "FailJob")
     assert action_for(rules, errors.EXIT_BAD_INPUT) == "FailJob"
     assert action_for(rules, errors.EXIT_SIGTERM) == "Ignore"
+    assert action_for(rules, errors.EXIT_FENCED) == "Ignore"
     assert action_for(rules, errors.EXIT_STORE) == "Count"
     assert action_for(rules, errors.EXIT_INTERNAL) == "Count"
     (counted,) = [r["onExitCodes"]["values"] for r in rules if r["action"] == "Count"]  # said, not implied
@@ -122,7 +156,8 @@ def test_job_is_hardened_and_wired(layout: str) -> None:
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
     assert spec["podReplacementPolicy"] == "Failed"
-    assert {"backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"} <= set(spec)
+    assert {"activeDeadlineSeconds", "ttlSecondsAfterFinished"} <= set(spec)
+    assert ("backoffLimitPerIndex" if layout in PARALLEL else "backoffLimit") in spec
     assert pod["restartPolicy"] == "Never"
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -165,3 +200,61 @@ def test_overlays_schedule_on_spot_with_workload_identity() -> None:
     assert "iam.gke.io/gcp-service-account" in gke_sa["metadata"]["annotations"]
     assert env_of(job_of(gke))["BATCHRUN_PROGRESS"].startswith("gs://")
     assert env_of(job_of(render("overlays/s3-compatible")))["AWS_ENDPOINT_URL"].startswith("http")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_each_pod_gets_a_worker_id_its_replacement_takes_over(layout: str) -> None:
+    """One pod: BATCHRUN_WORKER_ID is the Job's name. Many pods: no shared id, but JOB_NAME, so each
+    pod is `<job>-<index>` and the next pod of an index takes its predecessor's id.
+    """
+    job = job_of(render(layout))
+    refs = field_refs_of(job)
+    if layout in PARALLEL:
+        assert "BATCHRUN_WORKER_ID" not in env_of(job)  # one id for every pod would fence all but one
+        assert refs["JOB_NAME"] == JOB_NAME_LABEL
+    else:
+        assert refs["BATCHRUN_WORKER_ID"] == JOB_NAME_LABEL
+
+
+@pytest.mark.parametrize("layout", PARALLEL)
+def test_parallel_job_keeps_the_job_apis_cross_field_rules(layout: str) -> None:
+    """What the schemas can't check: an Indexed Job with completions, per-index backoff with restartPolicy
+    Never, FailIndex only with backoffLimitPerIndex, no Job-wide backoffLimit, failed indexes never stop
+    the others.
+    """
+    spec = job_of(render(layout))["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    assert spec["backoffLimitPerIndex"] > 0
+    assert "backoffLimit" not in spec  # it defaults to 2^31-1; 6 failures over all pods would end the run
+    assert spec["podReplacementPolicy"] == "Failed"  # the only value allowed with a podFailurePolicy
+    assert 1 < spec["parallelism"] == spec["completions"] == spec["maxFailedIndexes"] <= 10**5
+
+
+def overlay(tmp_path: Path, **kustomization: Any) -> Path:
+    """A user's overlay in *tmp_path*, naming the repository's k8s/ folders by relative path as kustomize requires."""
+    k8s = os.path.relpath(K8S, tmp_path)
+    text = yaml.safe_dump(kustomization).replace("K8S", k8s)
+    (tmp_path / "kustomization.yaml").write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "kustomization",
+    [
+        {"resources": ["K8S/base"], "components": ["K8S/components/parallel"]},
+        {"resources": ["K8S/overlays/eks-spot-parallel"], "nameSuffix": "-2"},
+    ],
+    ids=["component-on-base", "on-the-example-overlay"],
+)
+def test_one_count_sets_parallelism_completions_and_max_failed_indexes(
+    kustomization: dict[str, Any], tmp_path: Path
+) -> None:
+    """`replicas: [{name: batchrun, count: 13}]` in a user's overlay makes all three 13, also after a rename."""
+    docs = render(overlay(tmp_path, replicas=[{"name": "batchrun", "count": 13}], **kustomization))
+    spec = job_of(docs)["spec"]
+    assert (spec["parallelism"], spec["completions"], spec["maxFailedIndexes"]) == (13, 13, 13)
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(docs))
+    result = validate(rendered, VERSIONS[0])
+    assert result.returncode == 0, result.stdout + result.stderr
