@@ -63,6 +63,11 @@ class Backend(Protocol):
     def listdir(self, folder: str) -> list[str]:
         """Names (not paths) of the objects directly in *folder*; [] if there is none."""
 
+    def markers(self, folder: str) -> dict[str, str]:
+        """The objects directly in *folder*, each with a marker that changes whenever the object is
+        rewritten (S3: its ETag, from one listing). Markers compare only with each other, not with tags.
+        """
+
     def delete(self, paths: list[str]) -> None:
         """Delete objects; missing ones are fine."""
 

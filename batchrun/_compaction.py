@@ -33,6 +33,7 @@ from batchrun._state import Attempt, RunState
 from batchrun.errors import ConflictError, StoreError
 
 _TRIES = 20
+_BACKGROUND_TRIES = 2
 
 log = structlog.get_logger("batchrun.progress")
 
@@ -105,10 +106,13 @@ class Compactor:
         state.merge(records)
         return state, names, snapshot
 
-    def compact(self) -> RunState:
-        """Fold events into the snapshot, rewrite the progress file, delete the folded events."""
+    def compact(self, tries: int | None = None) -> RunState:
+        """Fold events into the snapshot, rewrite the progress file, delete the folded events.
+        After *tries* lost races (default 20) it gives up with ConflictError: in the background,
+        a lost race means another worker compacted just now, and the next round will do.
+        """
         with self._lock:
-            for _ in range(_TRIES):
+            for _ in range(tries or _TRIES):
                 self.events.dirty = False
                 state, names, snapshot = self.gather()
                 mine = self._generation()
@@ -132,7 +136,7 @@ class Compactor:
                 self.events.forget(names)
                 return state
         msg = f"could not compact progress at {self.progress_path}: too many concurrent compactions"
-        raise StoreError(msg)
+        raise ConflictError(msg)
 
     def _write_progress(self, state: RunState, snapshot_tag: str) -> None:
         """Bring P up to date, if we still hold the newest snapshot of the run's generation."""
@@ -158,15 +162,19 @@ class Compactor:
             return
 
     @contextlib.contextmanager
-    def compacting(self, every: float, final: Callable[[], None]) -> Iterator[None]:
-        """Compact in the background every *every* seconds while events arrive; call *final* at exit."""
+    def compacting(self, every: Callable[[], float], final: Callable[[], None]) -> Iterator[None]:
+        """Compact in the background every ``every()`` seconds while events arrive (a fleet spreads
+        its compactions: see the runner); call *final* at exit.
+        """
         stop = threading.Event()
 
         def loop() -> None:
-            while not stop.wait(every):
+            while not stop.wait(every()):
                 if self.events.dirty:
                     try:
-                        self.compact()
+                        self.compact(tries=_BACKGROUND_TRIES)
+                    except ConflictError:
+                        pass  # others compacted meanwhile; our events go with the next round
                     except StoreError as exc:
                         log.warning("progress.compaction_failed", error=str(exc), progress=self.progress_path)
 

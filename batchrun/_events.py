@@ -29,15 +29,21 @@ log = structlog.get_logger("batchrun.progress")
 class EventLog:
     """One writer's view of ``P.d/events``: what it wrote, and every writer's records."""
 
-    def __init__(self, backend: Backend, folder: str, writer: str, generation: Callable[[], str]) -> None:
-        """Write under *folder* as *writer*; records are stamped with ``generation()``."""
+    def __init__(
+        self, backend: Backend, folder: str, writer: str, generation: Callable[[], str], guard: Callable[[], None]
+    ) -> None:
+        """Write under *folder* as *writer*; records are stamped with ``generation()``; *guard* runs
+        before every write (it raises once this process may write no more).
+        """
         self.backend = backend
         self.folder = folder
         self.writer = writer
         self._generation = generation
         self._seq = 0
         self._lock = threading.Lock()
+        self._guard = guard
         self._own: dict[str, list[Attempt]] = {}  # events we wrote and have not yet seen deleted
+        self._seen: dict[str, list[Attempt]] = {}  # others' events read so far (create-only: never change)
         self.recorder: GroupCommit[Attempt] = GroupCommit(self._write)
         self.dirty = False  # written since the last compaction began
 
@@ -46,6 +52,7 @@ class EventLog:
         return self.recorder.submit(attempt, urgent=urgent)
 
     def _write(self, attempts: Sequence[Attempt]) -> None:
+        self._guard()
         with self._lock:
             self._seq += 1
             name = f"{self.writer}-{self._seq:09d}.json"
@@ -66,7 +73,11 @@ class EventLog:
         are read concurrently. An event deleted since it was listed was folded: it is skipped.
         """
         with self._lock:
-            own = {name: self._own[name] for name in names if name in self._own}
+            own = {
+                name: self._own.get(name) or self._seen[name]
+                for name in names
+                if name in self._own or name in self._seen
+            }
         records = [attempt for batch in own.values() for attempt in batch]
         others = [name for name in names if name not in own]
         if len(others) <= 1:
@@ -74,6 +85,10 @@ class EventLog:
         else:
             with ThreadPoolExecutor(min(_READERS, len(others)), thread_name_prefix="batchrun-read") as pool:
                 batches = list(pool.map(self._read_one, others))
+        with self._lock:
+            listed = set(names)
+            self._seen = {name: batch for name, batch in self._seen.items() if name in listed}
+            self._seen.update((name, batch) for name, batch in zip(others, batches, strict=True) if batch)
         for batch in batches:
             records.extend(batch)
         return records
@@ -96,8 +111,10 @@ class EventLog:
         with self._lock:
             for name in names:
                 self._own.pop(name, None)
+                self._seen.pop(name, None)
 
     def clear(self) -> None:
         """Forget every event of ours (after a reset)."""
         with self._lock:
             self._own.clear()
+            self._seen.clear()

@@ -32,6 +32,7 @@ class Result:
 @dataclass(slots=True)
 class _Running:
     process: EvalProcess
+    eval: str
     stopped: bool = False  # sent the stop signal because batchrun is stopping
 
 
@@ -70,6 +71,11 @@ class Executor:
         with self._lock:
             return set(self._running)
 
+    def running_evals(self) -> list[str]:
+        """Names of the evals whose attempts run now."""
+        with self._lock:
+            return [entry.eval for entry in self._running.values()]
+
     def execute(self, attempt: Attempt, argv: list[str]) -> Result | None:
         """Run one attempt in its own process group; None if the run began stopping first."""
         env = {**self._env, "BATCHRUN_EVAL": attempt.eval, "BATCHRUN_ATTEMPT": str(attempt.number)}
@@ -82,7 +88,7 @@ class Executor:
                 # 127/126 as a shell would say: not found / not executable.
                 code = 127 if isinstance(exc, FileNotFoundError) else 126
                 return Result(code, (f"cannot start {argv[0]!r}: {exc.strerror or exc}",), b"", reason="spawn")
-            running = self._running[attempt.id] = _Running(process)
+            running = self._running[attempt.id] = _Running(process, attempt.eval)
         output = Output()
         prefix = f"[{attempt.eval}] ".encode() if self.policy.prefix_output else b""
         timeout = self.policy.eval_timeout

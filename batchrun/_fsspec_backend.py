@@ -82,6 +82,16 @@ class FsspecBackend:
         names = (str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries)
         return [name for name in names if name and not name.startswith(".")]
 
+    def markers(self, folder: str) -> dict[str, str]:
+        # Generic filesystems differ in what a listing tells (etag, generation, mtime): the content
+        # hash is exact everywhere, at one read per object (worker folders are small).
+        found: dict[str, str] = {}
+        for name in self.listdir(folder):
+            blob = self.read(f"{folder}/{name}")
+            if blob is not None:
+                found[name] = blob.tag
+        return found
+
     def delete(self, paths: list[str]) -> None:
         for path in paths:
             with translated(self, "delete", path), contextlib.suppress(FileNotFoundError):
@@ -189,8 +199,21 @@ class S3Backend(FsspecBackend):
         names = [k[len(prefix) :].rstrip("/") for k in pages]
         return [name for name in names if name and not name.startswith(".")]
 
-    async def _list(self, bucket: str, prefix: str, delimiter: str | None) -> list[str]:
-        """Every key (and, with a delimiter, sub-folder) under *prefix*, following continuations."""
+    def markers(self, folder: str) -> dict[str, str]:
+        bucket, key, _ = self.fs.split_path(folder)
+        prefix = key.rstrip("/") + "/"
+        etags: dict[str, str] = {}
+        with translated(self, "list", folder):
+            retrying(self, "list", folder, lambda: self._sync(self._list(bucket, prefix, "/", etags)))
+        found = {k[len(prefix) :]: tag for k, tag in etags.items()}
+        return {name: tag for name, tag in found.items() if name and not name.startswith(".")}
+
+    async def _list(
+        self, bucket: str, prefix: str, delimiter: str | None, etags: dict[str, str] | None = None
+    ) -> list[str]:
+        """Every key (and, with a delimiter, sub-folder) under *prefix*, following continuations;
+        each key's ETag goes into *etags* if given.
+        """
         keys: list[str] = []
         token: str | None = None
         extra: dict[str, Any] = {} if delimiter is None else {"Delimiter": delimiter}
@@ -203,6 +226,8 @@ class S3Backend(FsspecBackend):
                 **({} if token is None else {"ContinuationToken": token}),
             )
             keys.extend(item["Key"] for item in page.get("Contents", ()))
+            if etags is not None:
+                etags.update((item["Key"], str(item.get("ETag", ""))) for item in page.get("Contents", ()))
             keys.extend(item["Prefix"] for item in page.get("CommonPrefixes", ()))
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:

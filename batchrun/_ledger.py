@@ -1,26 +1,37 @@
 """A run's ledger: the records this process knows (what the store held at start, what it recorded
-since, what other writers recorded meanwhile), its counts of done and failed evals, and the
+since, what other workers recorded meanwhile), its counts of done and failed evals, and the
 acknowledgement of completions once they are durable.
 
-Other writers: an attempt that was open when the run started was lost with its pod; one that
-opens later belongs to a live writer (two runs started on one store), whose outcome is waited
-for before the eval's next attempt is decided, so together they never exceed --max-attempts.
+Which worker holds an eval now (:meth:`Ledger.holder`) comes from the records and from claims
+this process lost: the newest attempt's writer holds the eval while that attempt runs, and while
+it waits to retry a failure that was not final. Whether that writer is alive is the fleet's call.
 """
 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 from batchrun._signals import StopRequest
 from batchrun._state import Attempt, EvalState, Outcome, RunState
 from batchrun.progress import ProgressStore
 
 COMPACT_AT_START = 50  # unfolded events at start-up beyond which the run compacts first
-POLL_OTHER_S = 2.0  # how often to look at an attempt another writer runs
-ORPHAN_CLAIM_S = 10.0  # a claim whose attempt record never appears was left by a dead writer
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds an eval: a worker id and one of its processes (a writer)."""
+
+    worker: str
+    writer: str
+
+
+def writer_of(attempt: Attempt) -> str:
+    """The process that wrote *attempt* (attempt ids are ``WRITER-K``)."""
+    return attempt.id.rsplit("-", 1)[0]
 
 
 class Ledger:
@@ -33,9 +44,7 @@ class Ledger:
         self._stop_signal = stop_signal
         self.lock = threading.Lock()
         self.state = RunState()
-        self._open_at_start: set[str] = set()
-        self._presumed_lost: set[str] = set()  # other writers' attempts waited for in vain
-        self._taken: dict[str, int] = {}  # per eval, the highest attempt number another writer claimed
+        self._taken: dict[str, tuple[int, Holder]] = {}  # per eval, the newest claim another writer won
         self.done = 0
         self.failed: list[str] = []
         self.ran = 0
@@ -48,7 +57,6 @@ class Ledger:
         self.state = self.store.load()
         if self.store.pending_events > COMPACT_AT_START:
             self.state = self.store.compact()
-        self._open_at_start = {a.id for a in self.state.all_attempts() if a.outcome is None}
 
     def refresh(self) -> None:
         """Fold the store's current records into the ledger."""
@@ -61,51 +69,52 @@ class Ledger:
         with self.lock:
             return [a for a in self.state.of(name) if a.epoch == epoch]
 
-    def elsewhere(self, attempts: list[Attempt], mine: Collection[str]) -> list[Attempt]:
-        """Open attempts that another live writer started after this run began."""
-        gone = self._open_at_start | self._presumed_lost
-        return [a for a in attempts if a.outcome is None and a.id not in mine and a.id not in gone]
-
     def next_number(self, name: str) -> int:
         """The number to claim for the next attempt of *name*."""
         with self.lock:
-            return max(self.state.next_number(name), self._taken.get(name, 0) + 1)
+            taken = self._taken.get(name)
+            return max(self.state.next_number(name), 1 if taken is None else taken[0] + 1)
 
-    def settled_elsewhere(self, name: str, epoch: int) -> bool:
-        """Whether another writer completed the eval, or gave up this round of it, meanwhile."""
+    def lost_claim(self, name: str, number: int, holder: Holder) -> None:
+        """Another writer won the claim on attempt *number* of *name*."""
         with self.lock:
-            attempts = self.state.of(name)
-            if any(a.outcome is Outcome.COMPLETED for a in attempts):
-                self.done += 1
-            elif any(a.final and a.epoch == epoch for a in attempts):
-                self.failed.append(name)
-            else:
-                return False
-        return True
+            if number > self._taken.get(name, (0, holder))[0]:
+                self._taken[name] = (number, holder)
 
-    def wait_for_other_writer(self, name: str, number: int, bound: float) -> bool:
-        """Another process has attempt *number*: wait until its record says it ended (or the eval
-        is done, or the claim turns out to have no attempt behind it). False if it was still open
-        after *bound* seconds: its writer is presumed dead, and the attempt counts as lost.
+    def holder(self, name: str, epoch: int) -> tuple[Holder, Attempt | None] | None:
+        """Who holds *name* now, with the attempt that says so (None for a claim with no record
+        yet); None when nobody does: the newest attempt ended, other than by a failure with
+        attempts left.
         """
         with self.lock:
-            self._taken[name] = max(self._taken.get(name, 0), number)
-        first_seen = time.monotonic()
-        while not self.stop.requested.wait(POLL_OTHER_S):
-            self.refresh()
-            with self.lock:
-                state = self.state.state(name)
-                theirs = [a for a in self.state.of(name) if a.number == number]
-            if state is EvalState.DONE or any(a.outcome is not None for a in theirs):
-                return True
-            waited = time.monotonic() - first_seen
-            if not theirs and waited > ORPHAN_CLAIM_S:
-                return True  # the claim's writer died before recording the attempt: it never ran
-            if waited > bound:
-                with self.lock:
-                    self._presumed_lost.update(a.id for a in theirs)
-                return False
-        return True
+            attempts = [a for a in self.state.of(name) if a.epoch == epoch]
+            newest = attempts[-1] if attempts else None
+            taken = self._taken.get(name)
+        if taken is not None and (newest is None or newest.number < taken[0]):
+            return taken[1], None
+        if newest is None:
+            return None
+        if newest.outcome is None or (newest.outcome is Outcome.FAILED and not newest.final):
+            return Holder(newest.worker, writer_of(newest)), newest
+        return None
+
+    def settled(self, name: str, epoch: int) -> EvalState | None:
+        """DONE or FAILED once the eval needs nothing more in round *epoch*; else None."""
+        with self.lock:
+            attempts = self.state.of(name)
+        if any(a.outcome is Outcome.COMPLETED for a in attempts):
+            return EvalState.DONE
+        if any(a.final and a.epoch == epoch for a in attempts):
+            return EvalState.FAILED
+        return None
+
+    def count_settled(self, name: str, state: EvalState) -> None:
+        """Count an eval another worker settled."""
+        with self.lock:
+            if state is EvalState.DONE:
+                self.done += 1
+            else:
+                self.failed.append(name)
 
     # --- records --------------------------------------------------------------------------
 

@@ -102,6 +102,22 @@ class LocalBackend:
                 return []
         return [name for name in names if not name.startswith(".")]
 
+    def markers(self, folder: str) -> dict[str, str]:
+        # Every write is a rename of a new file: the inode changes with each one.
+        found: dict[str, str] = {}
+        with translated(self, "list", folder):
+            try:
+                with _folder(folder, create=False, listable=True) as fd:
+                    for name in os.listdir(fd):
+                        if name.startswith("."):
+                            continue
+                        with contextlib.suppress(FileNotFoundError):
+                            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                            found[name] = f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+            except FileNotFoundError:
+                return {}
+        return found
+
     def delete(self, paths: list[str]) -> None:
         for path in paths:  # unlinking a planted link removes the link, never what it points to
             folder, name = os.path.split(path)

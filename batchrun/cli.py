@@ -23,6 +23,7 @@ from batchrun._signals import StopRequest, reset_inherited_signals
 from batchrun.command import DEFAULT_COMMAND, CommandTemplate
 from batchrun.errors import BadInputError, BatchrunError, EvalSetError, ProgressLocationError, StoppedError
 from batchrun.evalset import EvalSet, load_eval_set
+from batchrun.fleet import HEARTBEAT_S, WORKER_TIMEOUT_S, check_timing, check_worker_id, default_worker_id
 from batchrun.location import resolve_location
 from batchrun.progress import ProgressStore
 from batchrun.runner import Runner, RunPlan
@@ -177,9 +178,36 @@ def run(  # noqa: PLR0913 - one parameter per documented option
             help="Seconds running evals get to exit after the stop signal before they are killed.",
         ),
     ] = 10.0,
+    worker_id: Annotated[
+        str | None,
+        typer.Option(
+            "--worker-id",
+            envvar="BATCHRUN_WORKER_ID",
+            help="This process's name among the workers of a run. A process started with an id in use "
+            "takes it over at once. Default: JOB_NAME-JOB_COMPLETION_INDEX in an Indexed Job, "
+            "else the host name plus a random suffix.",
+            show_default=False,
+        ),
+    ] = None,
+    heartbeat: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat", envvar="BATCHRUN_HEARTBEAT", help="Seconds between this worker's heartbeats in the store."
+        ),
+    ] = HEARTBEAT_S,
+    worker_timeout: Annotated[
+        float,
+        typer.Option(
+            "--worker-timeout",
+            envvar="BATCHRUN_WORKER_TIMEOUT",
+            help="Seconds without a heartbeat after which another worker takes a worker's evals.",
+        ),
+    ] = WORKER_TIMEOUT_S,
     log_format: LogFormatOpt = LogFormat.AUTO,
 ) -> None:
-    """Run every eval of EVAL_SET not yet recorded as completed, then exit."""
+    """Run every eval of EVAL_SET not yet recorded as completed, then exit. Any number of processes
+    started on one progress store share its evals.
+    """
     stop = StopRequest()
     # From here on a stop signal ends start-up at once (StoppedError), then stops the runner in order.
     stop.install(raising=True)
@@ -188,6 +216,8 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     if max_lost < 1:
         raise BadInputError(f"--max-lost must be at least 1, got {max_lost}")
     _check_numbers(jobs=jobs, max_attempts=max_attempts, retry_backoff=retry_backoff, grace=grace, timeout=eval_timeout)
+    check_timing(heartbeat, worker_timeout)
+    worker = check_worker_id(default_worker_id() if worker_id is None else worker_id)
     template = CommandTemplate.parse(command, tuple(extra_args or ()))
     options = _storage_options(storage_options)
     evals = load_eval_set(eval_set, registry_path or ())
@@ -211,6 +241,9 @@ def run(  # noqa: PLR0913 - one parameter per documented option
         eval_timeout=eval_timeout,
         stop_signal=signal.Signals[f"SIG{stop_signal.value}"],
         grace=grace,
+        worker_id=worker,
+        heartbeat=heartbeat,
+        worker_timeout=worker_timeout,
     )
     summary = Runner(plan, store, console, stop).run()
     raise typer.Exit(summary.exit_code)

@@ -6,9 +6,11 @@
     │   ├── CommandTemplateError    --command has an unknown placeholder or bad quoting
     │   ├── ProgressLocationError   the progress URI or storage options are malformed
     │   └── RunIdentityError        the progress store belongs to another run
-    └── StoreError              exit 3: the progress store can't be reached or written
-        └── ConflictError           a conditional write lost a race (retried internally)
-            └── AttemptTakenError   another writer claimed this attempt number first
+    ├── StoreError              exit 3: the progress store can't be reached or written
+    │   └── ConflictError           a conditional write lost a race (retried internally)
+    │       └── AttemptTakenError   another writer claimed this attempt number first
+    └── FencedError             exit 75: another process took this worker's place (same
+                                --worker-id, or it was declared dead); it stopped and wrote nothing more
 
     StoppedError                exit 128 + the signal: stopped during start-up (a BaseException)
     (any other exception)       exit 70 (EX_SOFTWARE): a bug in batchrun; one line on stderr,
@@ -27,6 +29,7 @@ EXIT_OK = 0
 EXIT_EVAL_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_STORE = 3
+EXIT_FENCED = 75  # EX_TEMPFAIL: superseded by another process with this worker id; the podFailurePolicy ignores it
 EXIT_INTERNAL = 70  # EX_SOFTWARE: an unexpected exception, a bug; counts toward the Job's backoffLimit
 EXIT_SIGINT = 130  # 128 + SIGINT: stopped by Ctrl-C
 EXIT_SIGTERM = 143  # 128 + SIGTERM: stopped by Kubernetes (spot reclaim, eviction, deletion)
@@ -72,6 +75,21 @@ class ConflictError(StoreError):
 
 class AttemptTakenError(ConflictError):
     """Another writer claimed this attempt number of this eval first (create-only claim)."""
+
+    def __init__(self, message: str, *, worker: str = "", writer: str = "") -> None:
+        """Name the claim's holder, as its claim object says (empty if it could not be read)."""
+        super().__init__(message)
+        self.worker = worker
+        self.writer = writer
+
+
+class FencedError(BatchrunError):
+    """Another process took this worker's place in the fleet: a newer process took its worker id over, or other
+    workers found its heartbeat stalled and declared it dead. It stops its evals (interrupted, not
+    failed), writes nothing more, and exits 75, which the Job's podFailurePolicy ignores.
+    """
+
+    exit_code: ClassVar[int] = EXIT_FENCED
 
 
 class StoppedError(BaseException):

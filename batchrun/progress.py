@@ -10,6 +10,7 @@ Layout, for a progress URI ``P``::
     P.d/claims/G/EVAL/N.json    created create-only before attempt N of EVAL starts: attempt
                                 numbers are unique across writers (G: the run's generation)
     P.d/logs/EVAL/N.log         the output of attempt N
+    P.d/workers/W.json          worker W's heartbeat and fencing register (fleet.py)
 
 EVAL in a key is percent-encoded, and hash-shortened when long (:func:`encode_key`).
 
@@ -43,6 +44,7 @@ from batchrun._foreign import check_importable, imported_attempts
 from batchrun._identity import RunIdentity, claim_identity, read_identity
 from batchrun._state import Attempt, RunState
 from batchrun.errors import AttemptTakenError, ConflictError
+from batchrun.fleet import Fleet, Heartbeat, read_workers
 from batchrun.location import ProgressLocation
 
 _CLAIM_TRIES = 20
@@ -64,6 +66,18 @@ def encode_key(name: str) -> str:
     return f"{start}~{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
 
+def _no_guard() -> None:
+    pass
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _trimmed(attempt: Attempt) -> Attempt:
     """Keep event objects small: the full output is in logs/, the record keeps short last lines."""
     if not any(len(line) > _TAIL_LINE_CHARS for line in attempt.tail):
@@ -78,13 +92,14 @@ class ProgressStore:
         """Use *backend* for *location*; :meth:`open` picks the backend from the URI."""
         self.location = location
         self.writer = uuid.uuid4().hex[:12]
-        self.worker = socket.gethostname()
+        self.worker = socket.gethostname()  # the worker id its attempts are recorded under
+        self.guard: Callable[[], None] = _no_guard  # raises FencedError once this worker lost its place
         self._attempts = 0  # attempts started
         self._lock = threading.Lock()
         self._identity: RunIdentity | None = None
         self._identity_known = False
         self._identity_lock = threading.Lock()
-        self._events = EventLog(backend, location.events, self.writer, self.generation)
+        self._events = EventLog(backend, location.events, self.writer, self.generation, self._check)
         self._compactor = Compactor(
             backend,
             snapshot_path=f"{location.sidecar}/snapshot.json",
@@ -96,6 +111,22 @@ class ProgressStore:
         )
         self._backend = backend
         self.pending_events = 0  # events not yet folded, as of the last load
+
+    def _check(self) -> None:
+        self.guard()
+
+    def fleet(self, worker: str, heartbeat: float, timeout: float) -> Fleet:
+        """Join this store's workers as *worker*: attempts are recorded under that id, and every
+        write first checks that no other process took this worker's place (fleet.py).
+        """
+        self.worker = worker
+        fleet = Fleet(self.backend, f"{self.location.sidecar}/workers", worker, self.writer, heartbeat, timeout)
+        self.guard = fleet.confirm
+        return fleet
+
+    def workers(self) -> list[Heartbeat]:
+        """Every worker's heartbeat as stored now."""
+        return read_workers(self.backend, f"{self.location.sidecar}/workers")
 
     @classmethod
     def open(cls, location: ProgressLocation, storage_options: Mapping[str, Any] | None = None) -> ProgressStore:
@@ -163,6 +194,7 @@ class ProgressStore:
             self._attempts += 1
             attempt_id = f"{self.writer}-{self._attempts}"
         attempt = Attempt(attempt_id, eval_name, number, self.worker, time.time(), epoch=epoch, alone=alone)
+        self.guard()
         claim = {"attempt": attempt_id, "writer": self.writer, "worker": self.worker, "started_at": attempt.started_at}
         # Not fsynced: a claim only keeps live writers apart. After a crash of the machine, numbers
         # come from the attempt records, which are durable (a claim that vanished guards nothing).
@@ -170,7 +202,11 @@ class ProgressStore:
             self.backend.create(self._claim_path(eval_name, number), json.dumps(claim).encode(), durable=False)
         except ConflictError as exc:
             msg = f"attempt {number} of eval {eval_name!r} was claimed by another writer"
-            raise AttemptTakenError(msg) from exc
+            blob = self.backend.read(self._claim_path(eval_name, number))
+            held = _json_object(blob.data) if blob is not None else {}
+            raise AttemptTakenError(
+                msg, worker=str(held.get("worker", "")), writer=str(held.get("writer", ""))
+            ) from exc
         return attempt, self._events.submit(attempt, urgent=True)
 
     def _claim_path(self, eval_name: str, number: int) -> str:
@@ -203,6 +239,7 @@ class ProgressStore:
 
     def save_log(self, eval_name: str, number: int, output: bytes) -> None:
         """Keep an attempt's output beside the progress file, so it outlives the pod."""
+        self.guard()
         self.backend.write(self._log_path(eval_name, number), output)
 
     def read_log(self, eval_name: str, number: int) -> bytes | None:
@@ -236,12 +273,15 @@ class ProgressStore:
             state.merge(imported_attempts(blob.data, model, extra))
         return state
 
-    def compact(self) -> RunState:
-        """Fold events into the snapshot, rewrite the progress file, delete the folded events."""
-        return self._compactor.compact()
+    def compact(self, tries: int | None = None) -> RunState:
+        """Fold events into the snapshot, rewrite the progress file, delete the folded events
+        (ConflictError after *tries* lost races, when given).
+        """
+        self.guard()
+        return self._compactor.compact(tries)
 
     @contextlib.contextmanager
-    def compacting(self, every: float, final: Callable[[], None] | None = None) -> Iterator[None]:
+    def compacting(self, every: Callable[[], float], final: Callable[[], None] | None = None) -> Iterator[None]:
         """Compact in the background every *every* seconds while events arrive; at exit call
         *final*, by default: write every queued record, then compact once more.
         """

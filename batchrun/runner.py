@@ -17,19 +17,20 @@ import structlog
 
 from batchrun._console import Console
 from batchrun._execution import ExecutionPolicy, Executor, Result
-from batchrun._ledger import Ledger
+from batchrun._ledger import Holder, Ledger, writer_of
 from batchrun._policy import AloneGate, NextStep, next_step
+from batchrun._scheduler import Scheduler
 from batchrun._signals import StopRequest
 from batchrun._state import Attempt, EvalState, Outcome
 from batchrun.command import CommandTemplate
-from batchrun.errors import EXIT_EVAL_FAILED, EXIT_OK, AttemptTakenError, StoreError
+from batchrun.errors import EXIT_EVAL_FAILED, EXIT_OK, AttemptTakenError, FencedError, StoreError
 from batchrun.evalset import EvalSet
+from batchrun.fleet import HEARTBEAT_S, WORKER_TIMEOUT_S, default_worker_id
 from batchrun.progress import ProgressStore
 
-COMPACT_EVERY_S = 2.0
+COMPACT_EVERY_S = 2.0  # for the whole fleet: each of W workers compacts about every W x this
 BACKOFF_CAP_S = 300.0
 FINAL_WRITE_S = 5.0  # during a stop: how long the last records and compaction may take
-OTHER_WRITER_WAIT_S = 600.0  # without --eval-timeout: how long another writer's attempt is waited for
 
 Log = structlog.typing.FilteringBoundLogger
 
@@ -49,6 +50,9 @@ class RunPlan:
     eval_timeout: float | None = None
     stop_signal: signal.Signals = signal.SIGTERM
     grace: float = 10.0
+    worker_id: str | None = None  # None: fleet.default_worker_id()
+    heartbeat: float = HEARTBEAT_S
+    worker_timeout: float = WORKER_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +82,16 @@ class Runner:
         self.store = store
         self.console = console
         self.stop = stop or StopRequest()
+        worker = plan.worker_id or default_worker_id()
+        self.fleet = store.fleet(worker, plan.heartbeat, plan.worker_timeout)
+        self.fleet.status = self._fleet_status
         self.log: Log = structlog.get_logger("batchrun").bind(
-            model=plan.model, eval_set=plan.eval_set.name, worker=store.worker, progress=store.location.uri
+            model=plan.model, eval_set=plan.eval_set.name, worker=worker, progress=store.location.uri
         )
         self.ledger = Ledger(store, self.stop, plan.stop_signal)
         self._gate = AloneGate()
         self._savers: list[threading.Thread] = []
+        self._completed = 0
         # What every eval's environment shares, read once (os.environ decodes on every access).
         env = {
             **os.environ,
@@ -97,8 +105,12 @@ class Runner:
     # --- the run --------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
-        """Run what is missing; return when every started attempt has ended or been stopped."""
+        """Run what is missing; return when every eval is settled (here or by other workers), or
+        the run stopped and every started attempt has ended.
+        """
         evals = self.plan.eval_set.evals
+        self.fleet.join(self.plan.grace)
+        self.fleet.observe(force=True)
         self.ledger.load()
         queue = self._queue(evals)
         self.log.info(
@@ -110,22 +122,35 @@ class Runner:
             jobs=self.plan.jobs,
             max_attempts=self.plan.max_attempts,
             max_lost=self.plan.max_lost,
+            writer=self.store.writer,
+            other_workers=self.fleet.others_live(),
         )
         started = time.monotonic()
         self.stop.on_stop(self._begin_stop)
         self.console.start_bar(done=self.ledger.done, total=len(evals))
+        scheduler = Scheduler(self.ledger, self.fleet, queue, self.stop.requested)
+        scheduler.spread()
         try:
-            with self.store.compacting(every=COMPACT_EVERY_S, final=self._final_write):
+            with (
+                self.fleet.beating(self._fenced, self._store_failed),
+                self.store.compacting(every=self._compact_every, final=self._final_write),
+            ):
                 try:
-                    self._run_queue(queue)
+                    self._run_slots(scheduler)
                 finally:
                     self.executor.kill_all()
+            self.fleet.leave()
         finally:
             self.console.stop_bar()
+        if self.fleet.fenced is not None:
+            raise self.fleet.fenced
         if self.ledger.errors:
             raise self.ledger.errors[0]
+        return self._summary(len(evals), started)
+
+    def _summary(self, total: int, started: float) -> RunSummary:
         ledger = self.ledger
-        summary = RunSummary(len(evals), ledger.done, tuple(ledger.failed), ledger.ran, stopped_by=self.stop.signum)
+        summary = RunSummary(total, ledger.done, tuple(ledger.failed), ledger.ran, stopped_by=self.stop.signum)
         fields = {
             "total": summary.total,
             "done": summary.done,
@@ -154,21 +179,45 @@ class Runner:
                 queue.append((name, ledger.state.epoch(name) + (1 if state is EvalState.FAILED else 0)))
         return sorted(queue, key=lambda item: not self._decide(*item)[0].alone)
 
-    def _run_queue(self, queue: list[tuple[str, int]]) -> None:
+    def _run_slots(self, scheduler: Scheduler) -> None:
+        """*jobs* slots, each taking the scheduler's next eval until none is left."""
+
+        def slot() -> None:
+            while (item := scheduler.next()) is not None:
+                if not self._run_eval(*item):
+                    scheduler.give_back(*item)
+
         with ThreadPoolExecutor(self.plan.jobs, thread_name_prefix="batchrun-eval") as pool:
-            futures: list[Future[None]] = [pool.submit(self._run_eval, name, epoch) for name, epoch in queue]
+            futures: list[Future[None]] = [pool.submit(slot) for _ in range(self.plan.jobs)]
             try:
                 for future in as_completed(futures):  # the first error stops the run, whichever eval it is
                     future.result()
             except BaseException:
                 # A store that stopped answering (or a bug): stop the other evals the orderly way.
                 self.stop.request(self.plan.stop_signal)
-                for future in futures:
-                    future.cancel()
                 raise
+
+    def _compact_every(self) -> float:
+        """About every COMPACT_EVERY_S for the whole fleet: W workers each compact W times slower."""
+        return COMPACT_EVERY_S * (1 + self.fleet.others_live()) * random.uniform(0.75, 1.25)  # noqa: S311
+
+    def _fleet_status(self) -> tuple[tuple[str, ...], int]:
+        return tuple(sorted(self.executor.running_evals())), self._completed
+
+    def _fenced(self, exc: FencedError) -> None:
+        """Another process took this worker's place: stop the evals, write nothing more."""
+        self.log.error("worker.fenced", error=str(exc))
+        self.stop.request(self.plan.stop_signal)
+
+    def _store_failed(self, exc: StoreError) -> None:
+        with self.ledger.lock:
+            self.ledger.errors.append(exc)
+        self.stop.request(self.plan.stop_signal)
 
     def _final_write(self) -> None:
         """The last records and compaction; during a stop, bounded, so the exit stays prompt."""
+        if self.fleet.fenced is not None:
+            return  # another process holds this worker's place: nothing more is ours to write
         if not self.stop.requested.is_set():
             self.store.flush()
             self.ledger.wait_for_acknowledgements(None)
@@ -202,62 +251,67 @@ class Runner:
 
     # --- one eval -------------------------------------------------------------------------
 
-    def _decide(self, name: str, epoch: int) -> tuple[NextStep, list[Attempt]]:
-        """The next step for *name*, or the attempts of another live writer to wait for first."""
+    def _decide(self, name: str, epoch: int) -> tuple[NextStep, Holder | None]:
+        """The next step for *name*, and the live worker that holds it instead, if any."""
         attempts = self.ledger.attempts(name, epoch)
         mine = self.executor.running_ids()
-        theirs = self.ledger.elsewhere(attempts, mine)
-        running = mine | {a.id for a in theirs}
+        running = mine | {
+            a.id
+            for a in attempts
+            if a.outcome is None and self.fleet.holds(a.worker, writer_of(a)) and a.id not in mine
+        }
+        held = self.ledger.holder(name, epoch)
+        holder = held[0] if held is not None else None
+        if holder is not None and (
+            holder.writer == self.store.writer or not self.fleet.holds(holder.worker, holder.writer)
+        ):
+            holder = None
         step = next_step(attempts, max_attempts=self.plan.max_attempts, max_lost=self.plan.max_lost, running=running)
-        return step, theirs
+        return step, holder
 
-    def _run_eval(self, name: str, epoch: int) -> None:
-        """Attempts of one eval until it completes, gives up, or the run stops."""
+    def _run_eval(self, name: str, epoch: int) -> bool:  # noqa: PLR0911 - each way out says why
+        """Attempts of one eval until it completes, gives up, or the run stops: True then; False
+        when another live worker holds the eval (it goes back to the scheduler).
+        """
         while not self.stop.requested.is_set():
-            if self.ledger.settled_elsewhere(name, epoch):
-                return
-            step, theirs = self._decide(name, epoch)
-            if theirs:  # another writer runs this eval now: its outcome decides what comes next
-                self._wait_for_other_writer(name, theirs[-1].number)
-                continue
+            settled = self.ledger.settled(name, epoch)
+            if settled is not None:
+                self.ledger.count_settled(name, settled)
+                return True
+            step, holder = self._decide(name, epoch)
+            if holder is not None:
+                return False
             if step.give_up is not None:
                 self._give_up(step.give_up, step.failures)
-                return
+                return True
             with self._gate.entered(alone=step.alone, stop=self.stop.requested) as entered:
                 if not entered:
-                    return
+                    return True
                 # Backpressure: no new eval while the store is behind with what the last ones did.
                 # Each running eval may have one batch (its start, the end before it) in flight and
                 # one end queued; beyond that the store is behind, and the run waits for it.
                 self.store.wait_for_room(2 * self.plan.jobs + 1, self.stop.requested)
                 if self.stop.requested.is_set():
-                    return  # claim nothing that would never run
+                    return True  # claim nothing that would never run
                 number = self.ledger.next_number(name)
                 alone = step.alone or self.plan.jobs == 1
                 try:
                     attempt, start_written = self.store.start_later(name, number, epoch, alone=alone)
-                except AttemptTakenError:
-                    self._wait_for_other_writer(name, number)
-                    continue
+                except AttemptTakenError as exc:
+                    self.log.info("eval.claimed_elsewhere", eval=name, attempt=number, worker_id=exc.worker)
+                    self.ledger.lost_claim(name, number, Holder(exc.worker, exc.writer))
+                    return False
                 start_written.add_done_callback(self.ledger.check_written)
                 self.ledger.remember(attempt)
                 finished = self._attempt(attempt, step.failures, after_lost=step.alone)
             if finished is None or finished:
-                return
+                return True
             delay = self._backoff(step.failures + 1)
             self.log.info("eval.retry_scheduled", eval=name, delay_s=round(delay, 2), attempts=step.failures + 1)
             if self.stop.requested.wait(delay):
-                return
-            self.ledger.refresh()  # what other writers did meanwhile counts toward --max-attempts too
-
-    def _wait_for_other_writer(self, name: str, number: int) -> None:
-        self.log.info("eval.claimed_elsewhere", eval=name, attempt=number)
-        # Its writer may have died with it (no heartbeats yet): past the longest an attempt of this
-        # run can last, the attempt counts as lost.
-        timeout = self.plan.eval_timeout
-        bound = OTHER_WRITER_WAIT_S if timeout is None else timeout + self.plan.grace + 30.0
-        if not self.ledger.wait_for_other_writer(name, number, bound):
-            self.log.warning("eval.claim_presumed_lost", eval=name, attempt=number, waited_s=round(bound))
+                return True
+            self.ledger.refresh()  # what other workers did meanwhile counts toward --max-attempts too
+        return True
 
     def _attempt(self, attempt: Attempt, failures: int, *, after_lost: bool) -> bool | None:
         """Run one claimed attempt and record how it ended: True when the eval needs no further
@@ -303,6 +357,7 @@ class Runner:
         if result.exit_code == 0 and not result.timed_out:
             # Written with the next attempt's start (group commit); acknowledged once durable.
             def acknowledged(done: int) -> None:
+                self._completed += 1
                 log.info("eval.completed", exit_code=0, duration_s=duration, done=done, total=total)
                 self.console.update_bar(done)
 

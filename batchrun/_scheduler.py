@@ -1,0 +1,91 @@
+"""Which eval a free slot of this worker takes next, when several workers share a run.
+
+A slot takes the first eval of its queue that is neither settled (done, or failed in its round)
+nor held by a live worker (:meth:`Ledger.holder`, :meth:`Fleet.holds`). Claims decide races: a
+slot that loses the claim on an attempt gives the eval back, and it is held by the winner from
+then on. When every eval left is held elsewhere the slots wait, looking again every few seconds,
+and take the evals of workers that die; a slot ends once its queue is empty, so a worker exits
+when every eval of the set is settled (or being run by a slot of its own).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+
+from batchrun._ledger import Ledger
+from batchrun.fleet import Fleet
+
+REFRESH_S = 2.0  # with other workers about: how stale the ledger may be when a slot picks
+
+
+class Scheduler:
+    """The evals this worker may still take, handed to its slots one at a time; thread-safe."""
+
+    def __init__(self, ledger: Ledger, fleet: Fleet, queue: list[tuple[str, int]], stop: threading.Event) -> None:
+        """Hand out *queue* ((eval, round) pairs, in order) until *stop* is set."""
+        self.ledger = ledger
+        self.fleet = fleet
+        self.stop = stop
+        self._cond = threading.Condition()
+        self._queue = list(queue)
+        self._refreshed = time.monotonic()
+        self.poll_s = min(REFRESH_S, fleet.heartbeat_s)
+
+    def spread(self) -> None:
+        """With other workers about, start at a place of our own in the set (fewer lost claims)."""
+        if self._queue and self.fleet.others_live():
+            offset = zlib.crc32(self.fleet.worker.encode()) % len(self._queue)
+            self._queue = self._queue[offset:] + self._queue[:offset]
+
+    def next(self) -> tuple[str, int] | None:
+        """The next eval for a free slot; waits while every eval left is held by a live worker;
+        None once the queue is empty or the run stops.
+        """
+        with self._cond:
+            while not self.stop.is_set() and self._queue:
+                if self.fleet.others_live() and time.monotonic() - self._refreshed > REFRESH_S:
+                    self._refresh()
+                pick = self._pick()
+                if pick is not None:
+                    self._queue.remove(pick)
+                    return pick
+                self._cond.wait(self.poll_s)
+                self._refresh()
+            return None
+
+    def give_back(self, name: str, epoch: int) -> None:
+        """A slot found the eval held elsewhere (or lost its claim): keep it for later."""
+        with self._cond:
+            self._queue.append((name, epoch))
+            self._cond.notify_all()
+
+    def _refresh(self) -> None:
+        self.ledger.refresh()
+        self.fleet.observe()
+        self._refreshed = time.monotonic()
+
+    def _pick(self) -> tuple[str, int] | None:
+        refreshed = False
+        while True:
+            for item in list(self._queue):
+                name, epoch = item
+                settled = self.ledger.settled(name, epoch)
+                if settled is not None:
+                    self.ledger.count_settled(name, settled)
+                    self._queue.remove(item)
+                    continue
+                held = self.ledger.holder(name, epoch)
+                if held is None:
+                    return item
+                if self.fleet.holds(held[0].worker, held[0].writer):
+                    continue
+                if refreshed:
+                    return item
+                # Its holder is gone: its last records may be newer than what we read.
+                self._refresh()
+                refreshed = True
+                break
+            else:
+                return None

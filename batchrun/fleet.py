@@ -1,0 +1,415 @@
+"""Many processes on one run: worker identity, heartbeats, liveness and fencing.
+
+Each `batchrun run` process is a *worker* with an id (``--worker-id``; on Kubernetes the Job's
+name and the pod's completion index) and keeps one heartbeat object, ``P.d/workers/W.json``,
+rewritten every ``--heartbeat`` seconds with If-Match on the tag of its own last write. That
+object is also the worker's fencing register: whoever ends a worker's tenure does so with a
+conditional write on it, and the holder's next heartbeat fails and tells it so.
+
+- A new process with an id in use takes the object over at once (If-Match on what it read, a
+  bumped ``token``); the old holder, if alive, is fenced at its next heartbeat.
+- Another worker that has seen the object unchanged for ``--worker-timeout`` seconds on its *own*
+  monotonic clock (wall clocks of two pods are never compared) declares the worker dead: it
+  replaces the object it observed with a ``dead`` one (If-Match), so a worker that was only
+  stalled (SIGSTOP, a long GC, a partition) finds out at its next heartbeat and stops.
+  A worker on the same host and boot whose process is gone is declared dead at once.
+- An orderly stop marks the object ``left`` (If-Match) and deletes it.
+
+Liveness costs one listing of ``workers/`` per interval (S3 returns every ETag in it); objects are
+read only when they stop changing. Nothing here knows evals: the scheduler asks :meth:`Fleet.holds`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from batchrun._backends import Backend
+from batchrun.errors import BadInputError, ConflictError, FencedError, StoreError
+
+HEARTBEAT_S = 10.0
+WORKER_TIMEOUT_S = 60.0
+_ID_MAX = 100
+_BAD_ID = re.compile(r"[/\x00-\x1f\x7f]")
+_TRIES = 20
+
+log = structlog.get_logger("batchrun.fleet")
+
+
+def default_worker_id(env: Mapping[str, str] | None = None, host: str | None = None) -> str:
+    """BATCHRUN_WORKER_ID is read by the command line; this is the default behind it: an Indexed
+    Job's pod is ``<job>-<index>`` (stable across replacements), anything else the host name plus
+    a random suffix, so two processes on one machine share a run instead of fencing each other.
+    """
+    env = os.environ if env is None else env
+    host = socket.gethostname() if host is None else host
+    index = env.get("JOB_COMPLETION_INDEX", "")
+    if index.isdigit():
+        job = env.get("JOB_NAME") or host.removesuffix(f"-{index}")  # Indexed Job pods: <job>-<index>
+        return f"{job}-{index}"
+    return f"{host}-{secrets.token_hex(3)}"
+
+
+def check_worker_id(worker_id: str) -> str:
+    """The id, or BadInputError: not empty, at most 100 characters, no ``/`` or control characters."""
+    if not worker_id:
+        raise BadInputError("--worker-id can't be empty")
+    if len(worker_id) > _ID_MAX:
+        raise BadInputError(f"--worker-id is {len(worker_id)} characters long; at most {_ID_MAX} are allowed")
+    if _BAD_ID.search(worker_id):
+        raise BadInputError(f"--worker-id {worker_id!r} contains '/' or a control character")
+    return worker_id
+
+
+def check_timing(heartbeat: float, timeout: float) -> None:
+    """--heartbeat must be positive and --worker-timeout more than twice it."""
+    if not 0 < heartbeat < float("inf"):
+        raise BadInputError(f"--heartbeat must be a positive number of seconds, got {heartbeat:g}")
+    if not 2 * heartbeat < timeout < float("inf"):
+        msg = f"--worker-timeout must be more than twice --heartbeat ({2 * heartbeat:g} s), got {timeout:g}"
+        raise BadInputError(msg)
+
+
+def _boot_id() -> str:
+    with contextlib.suppress(OSError):
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    return ""
+
+
+def _process_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1].split()[19]
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The content of ``workers/W.json``."""
+
+    worker: str
+    writer: str
+    token: int
+    state: str  # "live", "left", or "dead" (declared by another worker)
+    host: str
+    pid: int
+    boot: str = ""
+    process_start: str = ""
+    beat: int = 0
+    at: float = 0.0  # wall time of this write: shown by `status`, never used to judge liveness
+    started_at: float = 0.0
+    running: tuple[str, ...] = ()
+    completed: int = 0
+    note: str = ""
+
+    def to_bytes(self) -> bytes:
+        """The stored object."""
+        return json.dumps({**asdict(self), "version": 1}, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Heartbeat | None:
+        """Parse a stored object; None if it is not one."""
+        try:
+            raw = json.loads(data)
+            return cls(
+                worker=str(raw["worker"]),
+                writer=str(raw["writer"]),
+                token=int(raw["token"]),
+                state=str(raw["state"]),
+                host=str(raw.get("host", "")),
+                pid=int(raw.get("pid", 0)),
+                boot=str(raw.get("boot", "")),
+                process_start=str(raw.get("process_start", "")),
+                beat=int(raw.get("beat", 0)),
+                at=float(raw.get("at", 0.0)),
+                started_at=float(raw.get("started_at", 0.0)),
+                running=tuple(map(str, raw.get("running", ()))),
+                completed=int(raw.get("completed", 0)),
+                note=str(raw.get("note", "")),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def process_gone(self) -> bool:
+        """Whether this heartbeat's process is known dead: it ran on this host since this boot and
+        its pid is gone or now belongs to another process.
+        """
+        if self.host != socket.gethostname() or not self.boot or self.boot != _boot_id():
+            return False
+        if self.pid == os.getpid():
+            return True  # another process of ours, before this one (a container restarted in place)
+        start = _process_start(self.pid)
+        return not start or (bool(self.process_start) and start != self.process_start)
+
+    def describe(self) -> str:
+        """Who holds the id, for one-line messages."""
+        return f"process {self.writer} on host {self.host} (pid {self.pid})"
+
+
+def read_workers(backend: Backend, folder: str) -> list[Heartbeat]:
+    """Every worker's heartbeat as stored now (for `status`)."""
+    found = []
+    for name in sorted(backend.listdir(folder)):
+        blob = backend.read(f"{folder}/{name}")
+        beat = None if blob is None else Heartbeat.from_bytes(blob.data)
+        if beat is not None:
+            found.append(beat)
+    return found
+
+
+@dataclass(slots=True)
+class _Seen:
+    marker: str
+    since: float  # this process's monotonic clock when the marker was first listed
+    content: Heartbeat | None = None  # read once the marker stopped changing
+    read_marker: str = ""
+
+
+@dataclass(slots=True)
+class Fleet:
+    """One worker's membership (heartbeat, fencing) and its view of the others' liveness."""
+
+    backend: Backend
+    folder: str
+    worker: str
+    writer: str
+    heartbeat_s: float = HEARTBEAT_S
+    timeout_s: float = WORKER_TIMEOUT_S
+    status: Callable[[], tuple[tuple[str, ...], int]] = lambda: ((), 0)  # (running evals, completed)
+    predecessor: Heartbeat | None = None
+    fenced: FencedError | None = None
+    _tag: str | None = None
+    _beat: Heartbeat | None = None
+    _last_ok: float = 0.0  # monotonic time the last successful heartbeat was *sent*
+    _defer_until: float = 0.0  # the predecessor's attempts count as running until then
+    _seen: dict[str, _Seen] = field(default_factory=dict)
+    _listed_at: float = -1e18
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def path(self) -> str:
+        """The object of this worker's heartbeat."""
+        return self._path(self.worker)
+
+    def _path(self, worker: str) -> str:
+        from batchrun.progress import encode_key  # noqa: PLC0415 - progress imports this module
+
+        return f"{self.folder}/{encode_key(worker)}.json"
+
+    # --- membership -----------------------------------------------------------------------
+
+    def join(self, grace: float) -> None:
+        """Write this worker's first heartbeat, taking the id over from a previous holder. A
+        predecessor that may still be alive keeps its attempts for a heartbeat plus *grace* (it
+        stops them when its next heartbeat tells it it was fenced).
+        """
+        with self._lock:
+            for _ in range(_TRIES):
+                blob = self.backend.read(self.path)
+                old = None if blob is None else Heartbeat.from_bytes(blob.data)
+                token = (old.token + 1) if old is not None else 1
+                beat = self._content(token=token, beat=0, started_at=time.time())
+                sent = time.monotonic()
+                try:
+                    self._tag = self.backend.replace(self.path, beat.to_bytes(), None if blob is None else blob.tag)
+                except ConflictError:
+                    continue
+                self._beat, self._last_ok = beat, sent
+                if old is not None and old.state == "live" and old.writer != self.writer:
+                    self.predecessor = old
+                    if not old.process_gone():
+                        self._defer_until = time.monotonic() + self.heartbeat_s + grace + 5.0
+                    log.warning("worker.took_over", worker=self.worker, previous=old.describe())
+                return
+        raise StoreError(f"could not register worker {self.worker!r}: too many concurrent changes")
+
+    def _content(self, **changes: Any) -> Heartbeat:  # noqa: ANN401 - Heartbeat fields
+        running, completed = self.status()
+        base = self._beat or Heartbeat(
+            worker=self.worker,
+            writer=self.writer,
+            token=1,
+            state="live",
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            boot=_boot_id(),
+            process_start=_process_start(os.getpid()),
+        )
+        return replace(base, at=time.time(), running=running, completed=completed, **changes)
+
+    def beat(self) -> None:
+        """Rewrite the heartbeat (If-Match on our last write); FencedError if another took our place."""
+        with self._lock:
+            if self.fenced is not None:
+                raise self.fenced
+            assert self._beat is not None, "join() first"  # noqa: S101 - a programming error
+            beat = self._content(beat=self._beat.beat + 1)
+            sent = time.monotonic()
+            try:
+                self._tag = self.backend.replace(self.path, beat.to_bytes(), self._tag)
+            except ConflictError:
+                self.fenced = FencedError(self._why_fenced())
+                raise self.fenced from None
+            self._beat, self._last_ok = beat, sent
+
+    def _why_fenced(self) -> str:
+        blob = self.backend.read(self.path)
+        now = None if blob is None else Heartbeat.from_bytes(blob.data)
+        if now is None:
+            return f"worker {self.worker!r}: its heartbeat was deleted (the run was reset?); this process stopped"
+        if now.state == "dead":
+            return f"worker {self.worker!r} was declared dead ({now.note}); this process stopped"
+        return f"worker {self.worker!r} was taken over by {now.describe()}; this process stopped"
+
+    def confirm(self) -> None:
+        """Before a write: FencedError if this worker lost its place. Without a heartbeat sent in
+        the last (timeout - heartbeat) seconds (the process was stalled), beat first to find out.
+        """
+        with self._lock:
+            if self.fenced is not None:
+                raise self.fenced
+            if time.monotonic() - self._last_ok > self.timeout_s - self.heartbeat_s:
+                self.beat()
+
+    def leave(self) -> None:
+        """An orderly stop: mark the heartbeat left (If-Match), then delete it."""
+        with self._lock:
+            if self.fenced is not None or self._beat is None:
+                return
+            try:
+                self._tag = self.backend.replace(self.path, self._content(state="left").to_bytes(), self._tag)
+                self.backend.delete([self.path])
+            except StoreError as exc:  # the others find out by the timeout instead
+                log.warning("worker.leave_failed", worker=self.worker, error=str(exc))
+
+    @contextlib.contextmanager
+    def beating(
+        self, on_fenced: Callable[[FencedError], None], on_error: Callable[[StoreError], None]
+    ) -> Iterator[None]:
+        """Heartbeat in the background (and keep the view of the others fresh) while the block runs."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(self.heartbeat_s * random.uniform(0.9, 1.0)):  # noqa: S311 - jitter
+                try:
+                    self.beat()
+                    self.observe()
+                except FencedError as exc:
+                    on_fenced(exc)
+                    return
+                except StoreError as exc:
+                    on_error(exc)
+                    return
+
+        thread = threading.Thread(target=loop, name="batchrun-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=1.0)
+
+    # --- the others -----------------------------------------------------------------------
+
+    def observe(self, *, force: bool = False) -> None:
+        """List ``workers/`` (at most twice per heartbeat interval unless *force*) and note when
+        each object last changed, on this process's clock.
+        """
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._listed_at < self.heartbeat_s / 2:
+                return
+            first = self._listed_at < 0
+            markers = self.backend.markers(self.folder)
+            self._listed_at = now
+            seen: dict[str, _Seen] = {}
+            for name, marker in markers.items():
+                old = self._seen.get(name)
+                seen[name] = old if old is not None and old.marker == marker else _Seen(marker, now)
+            self._seen = seen
+        if first:  # a process that died on this machine is known dead at once (a laptop's restart)
+            for name in list(seen):
+                self._read(name)
+
+    def _read(self, name: str) -> Heartbeat | None:
+        entry = self._seen.get(name)
+        if entry is None:
+            return None
+        if entry.read_marker != entry.marker:
+            blob = self.backend.read(f"{self.folder}/{name}")
+            entry.content = None if blob is None else Heartbeat.from_bytes(blob.data)
+            entry.read_marker = entry.marker
+        return entry.content
+
+    def holds(self, worker: str, writer: str) -> bool:  # noqa: PLR0911 - one answer per case, in order
+        """Whether the attempt of *worker* written by process *writer* may still be running."""
+        if worker == self.worker:
+            if writer == self.writer:
+                return True
+            predecessor = self.predecessor
+            return predecessor is not None and writer == predecessor.writer and time.monotonic() < self._defer_until
+        self.observe()
+        from batchrun.progress import encode_key  # noqa: PLC0415
+
+        name = f"{encode_key(worker)}.json"
+        with self._lock:
+            entry = self._seen.get(name)
+            if entry is None:  # not in our last listing: it may have joined since
+                self.observe(force=True)
+                entry = self._seen.get(name)
+            if entry is None:
+                return False  # no heartbeat: it left, or ran before workers had heartbeats
+            quiet = self._listed_at - entry.since
+            if quiet < 2 * self.heartbeat_s:
+                return True
+            content = self._read(name)
+            if content is None or content.state != "live":
+                return False
+            if content.process_gone():
+                return not self._declare_dead(name, entry, "its process is gone from this host")
+            if quiet < self.timeout_s:
+                return True
+            return not self._declare_dead(name, entry, f"no heartbeat for {quiet:.0f} s")
+
+    def _declare_dead(self, name: str, entry: _Seen, why: str) -> bool:
+        """Replace a stalled worker's heartbeat with a dead one; False if it beat meanwhile."""
+        path = f"{self.folder}/{name}"
+        blob = self.backend.read(path)
+        if blob is None:
+            return True
+        current = Heartbeat.from_bytes(blob.data)
+        if current is None or current.state != "live":
+            return True
+        if self.backend.markers(self.folder).get(name) != entry.marker:
+            entry.marker, entry.since = "", time.monotonic()  # it changed: alive after all
+            return False
+        note = f"by worker {self.worker!r}: {why}"
+        dead = replace(current, state="dead", note=note, at=time.time())
+        try:
+            self.backend.replace(path, dead.to_bytes(), blob.tag)
+        except ConflictError:
+            entry.marker, entry.since = "", time.monotonic()
+            return False
+        entry.content, entry.read_marker = dead, entry.marker
+        log.warning("worker.declared_dead", worker=current.worker, why=why, was=current.describe())
+        return True
+
+    def others_live(self) -> int:
+        """How many other workers look alive now (from the last listing; nothing is read)."""
+        with self._lock:
+            now = time.monotonic()
+            mine = self.path.rsplit("/", 1)[-1]
+            return sum(1 for n, e in self._seen.items() if n != mine and now - e.since < self.timeout_s)
