@@ -149,8 +149,8 @@ class Heartbeat:
         """
         if self.host != socket.gethostname() or not self.boot or self.boot != _boot_id():
             return False
-        if self.pid == os.getpid():
-            return True  # another process of ours, before this one (a container restarted in place)
+        # A pid that now belongs to a process started at another time (a container restarted in
+        # place reuses pids) is as gone as a pid that is free.
         start = _process_start(self.pid)
         return not start or (bool(self.process_start) and start != self.process_start)
 
@@ -228,11 +228,11 @@ class Fleet:
                 except ConflictError:
                     continue
                 self._beat, self._last_ok = beat, sent
-                if old is not None and old.state == "live" and old.writer != self.writer:
+                if old is not None and old.state != "left" and old.writer != self.writer:
                     self.predecessor = old
-                    if not old.process_gone():
+                    if old.state == "live" and not old.process_gone():
                         self._defer_until = time.monotonic() + self.heartbeat_s + grace + 5.0
-                    log.warning("worker.took_over", worker=self.worker, previous=old.describe())
+                    log.warning("worker.took_over", worker=self.worker, previous=old.describe(), was=old.state)
                 return
         raise StoreError(f"could not register worker {self.worker!r}: too many concurrent changes")
 
@@ -373,7 +373,9 @@ class Fleet:
             if entry is None:
                 return False  # no heartbeat: it left, or ran before workers had heartbeats
             quiet = self._listed_at - entry.since
-            if quiet < 2 * self.heartbeat_s:
+            # Read once it stops changing (or as read on first sight, when this process started).
+            known = entry.read_marker == entry.marker
+            if quiet < 2 * self.heartbeat_s and not known:
                 return True
             content = self._read(name)
             if content is None or content.state != "live":

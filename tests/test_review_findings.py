@@ -15,32 +15,31 @@ from helpers import Wrapped, fake_command, journal_entries, open_store
 from structlog.testing import capture_logs
 
 from batchrun import CommandTemplate, EvalSet, RunPlan, StoreError
-from batchrun import _ledger as ledger_module
 from batchrun._console import Console
-from batchrun._ledger import Ledger
 from batchrun._signals import StopRequest
 from batchrun._state import Outcome
 from batchrun.runner import Runner
 
 
-def test_an_attempt_whose_writer_died_is_waited_for_only_up_to_a_bound(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Another writer's attempt that never ends (its process was killed) is presumed lost after the
-    bound, instead of holding this run for ever.
+def test_an_attempt_whose_writer_has_no_heartbeat_is_not_waited_for(tmp_path: Path) -> None:
+    """Another writer's attempt that never ends and whose worker has no heartbeat (its process
+    was killed before heartbeats, or it left) is lost: the eval runs again at once, alone.
     """
-    monkeypatch.setattr(ledger_module, "POLL_OTHER_S", 0.05)
     uri = str(tmp_path / "p.txt")
-    ledger = Ledger(open_store(uri), StopRequest(), signal.SIGTERM)
-    ledger.load()
-    dead = open_store(uri).start("e", 1)  # opened after our load: looks like a live writer's
-    ledger.refresh()
-    assert [a.id for a in ledger.elsewhere(ledger.attempts("e", 0), set())] == [dead.id]
+    dead = open_store(uri).start("e", 1)  # a writer that never joined the fleet
+    journal = tmp_path / "journal"
+    template = CommandTemplate.parse(fake_command(journal))
+    console = Console(out=io.BytesIO(), err=io.StringIO(), bar=False)
     started = time.monotonic()
-    assert ledger.wait_for_other_writer("e", 1, bound=0.3) is False
-    assert time.monotonic() - started < 30
-    assert ledger.elsewhere(ledger.attempts("e", 0), set()) == []
-    assert ledger.next_number("e") == 2
+    summary = Runner(RunPlan("m", EvalSet("s", ("e",), "t"), template), open_store(uri), console).run()
+    assert time.monotonic() - started < 10
+    assert summary.done == 1
+    attempts = open_store(uri).load().of("e")
+    assert [a.number for a in attempts] == [1, 2]
+    assert attempts[0].id == dead.id
+    assert attempts[0].outcome is None
+    assert attempts[1].alone
+    assert attempts[1].outcome is Outcome.COMPLETED
 
 
 def test_a_second_signal_does_not_drop_the_records_of_interrupted_attempts(tmp_path: Path) -> None:
