@@ -20,8 +20,9 @@ from batchrun.errors import (
 )
 from batchrun.evalset import EvalSet, load_eval_set
 from batchrun.location import ProgressLocation, resolve_location
+from batchrun.plan import RunPlan, RunSummary
 from batchrun.progress import ProgressStore
-from batchrun.runner import Runner, RunPlan, RunSummary
+from batchrun.runner import Runner
 
 __version__ = "0.1.0"
 

@@ -72,7 +72,7 @@ def view_workers(beats: Iterable[Heartbeat], now: float) -> tuple[WorkerView, ..
         age = round(max(0.0, now - beat.at), 1)
         state, note = beat.state, beat.note
         if state == "live" and beat.process_gone():
-            state, note = "dead", f"its process (pid {beat.pid}) is gone from this host"
+            state, note = "dead", f"process {beat.pid} is gone from this host"
         elif state == "live" and age > stalled_after(beat):
             state = "stalled"
         elif state == "dead":
@@ -114,9 +114,9 @@ def workers_table(rows: Sequence[WorkerView]) -> list[str]:
     summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
     wid = max(len("worker"), *(len(r.id) for r in rows))
     host = max(len("host"), *(len(r.host) for r in rows))
-    lines = ["", f"workers: {summary}", f"{'worker':<{wid}}  {'host':<{host}}  state    last seen  completed  running"]
+    lines = ["", f"workers: {summary}", f"{'worker':<{wid}}  {'host':<{host}}  state     last seen  completed  running"]
     for r in rows:
         last = f"{format_age(r.last_seen_s)} ago"
         tail = f"({r.note})" if r.state == "dead" else shorten(r.running)
-        lines.append(f"{r.id:<{wid}}  {r.host:<{host}}  {r.state:<7}  {last:>9}  {r.completed:>9}  {tail}")
+        lines.append(f"{r.id:<{wid}}  {r.host:<{host}}  {r.state:<7}  {last:>10}  {r.completed:>9}  {tail}")
     return lines

@@ -25,9 +25,10 @@ from batchrun.errors import BadInputError, BatchrunError, EvalSetError, Progress
 from batchrun.evalset import EvalSet, load_eval_set
 from batchrun.fleet import HEARTBEAT_S, WORKER_TIMEOUT_S, check_timing, check_worker_id, default_worker_id
 from batchrun.location import resolve_location
+from batchrun.plan import RunPlan
 from batchrun.progress import ProgressStore
-from batchrun.runner import Runner, RunPlan
-from batchrun.status import build_report, dumps
+from batchrun.runner import Runner
+from batchrun.status import Frames, build_report, dumps, watch
 
 app = typer.Typer(
     name="batchrun",
@@ -296,25 +297,40 @@ def status(  # noqa: PLR0913
     as_json: Annotated[
         bool, typer.Option("--json", envvar="BATCHRUN_JSON", help="One JSON object instead of a table.")
     ] = False,
+    watch_: Annotated[
+        bool, typer.Option("--watch", "-w", help="Redraw every --interval seconds until Ctrl-C.")
+    ] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between redraws with --watch.")] = 2.0,
 ) -> None:
-    """Show each eval's state (done, failed, pending) and attempts."""
+    """Show each eval's state (done, failed, running, pending) and attempts, and the workers."""
+    if watch_ and not 0 < interval < math.inf:
+        msg = f"--interval must be a positive number of seconds, got {interval:g}"
+        raise BadInputError(msg)
     store, evals, set_name = _locate(model, eval_set, progress, storage_options, registry_path or [])
     identity = store.identity()
     if evals is None and identity is None and not store.exists():
         msg = f"no batchrun progress at {store.location.uri}"
         raise BadInputError(msg)
     names = evals.evals if evals is not None else (identity.evals if identity is not None else ())
-    state = store.load()
-    if not names:
-        names = tuple(sorted(state.attempts))
-    report = build_report(
-        model or (identity.model if identity else "?"),
-        set_name or (identity.eval_set if identity else "?"),
-        store.location.uri,
-        names,
-        state,
-    )
-    typer.echo(dumps(report) if as_json else report.to_text())
+
+    def frame() -> str:
+        workers = store.workers()  # before the records: an attempt that ends meanwhile is not taken for lost
+        state = store.load()
+        report = build_report(
+            model or (identity.model if identity else "?"),
+            set_name or (identity.eval_set if identity else "?"),
+            store.location.uri,
+            names or tuple(sorted(state.attempts)),
+            state,
+            workers=workers,
+        )
+        return dumps(report) if as_json else report.to_text()
+
+    if not watch_:
+        typer.echo(frame())
+        return
+    style = Frames.LINES if as_json else (Frames.SCREEN if sys.stdout.isatty() else Frames.BLOCKS)
+    watch(frame, interval=interval, style=style)
 
 
 @app.command()

@@ -22,7 +22,6 @@ read only when they stop changing. Nothing here knows evals: the scheduler asks 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import re
@@ -31,14 +30,24 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
 
 from batchrun._backends import Backend
+from batchrun._heartbeat import Heartbeat, boot_id, process_start
 from batchrun.errors import BadInputError, ConflictError, FencedError, StoreError
+
+__all__ = [
+    "HEARTBEAT_S",
+    "WORKER_TIMEOUT_S",
+    "Fleet",
+    "Heartbeat",
+    "check_timing",
+    "check_worker_id",
+    "default_worker_id",
+]
 
 HEARTBEAT_S = 10.0
 WORKER_TIMEOUT_S = 60.0
@@ -77,97 +86,10 @@ def check_worker_id(worker_id: str) -> str:
 def check_timing(heartbeat: float, timeout: float) -> None:
     """--heartbeat must be positive and --worker-timeout more than twice it."""
     if not 0 < heartbeat < float("inf"):
-        raise BadInputError(f"--heartbeat must be a positive number of seconds, got {heartbeat:g}")
+        raise BadInputError(f"--heartbeat must be positive (seconds), got {heartbeat:g}")
     if not 2 * heartbeat < timeout < float("inf"):
         msg = f"--worker-timeout must be more than twice --heartbeat ({2 * heartbeat:g} s), got {timeout:g}"
         raise BadInputError(msg)
-
-
-def _boot_id() -> str:
-    with contextlib.suppress(OSError):
-        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
-    return ""
-
-
-def _process_start(pid: int) -> str:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
-    with contextlib.suppress(OSError, IndexError):
-        return Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1].split()[19]
-    return ""
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """The content of ``workers/W.json``."""
-
-    worker: str
-    writer: str
-    token: int
-    state: str  # "live", "left", or "dead" (declared by another worker)
-    host: str
-    pid: int
-    boot: str = ""
-    process_start: str = ""
-    beat: int = 0
-    at: float = 0.0  # wall time of this write: shown by `status`, never used to judge liveness
-    started_at: float = 0.0
-    running: tuple[str, ...] = ()
-    completed: int = 0
-    note: str = ""
-
-    def to_bytes(self) -> bytes:
-        """The stored object."""
-        return json.dumps({**asdict(self), "version": 1}, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Heartbeat | None:
-        """Parse a stored object; None if it is not one."""
-        try:
-            raw = json.loads(data)
-            return cls(
-                worker=str(raw["worker"]),
-                writer=str(raw["writer"]),
-                token=int(raw["token"]),
-                state=str(raw["state"]),
-                host=str(raw.get("host", "")),
-                pid=int(raw.get("pid", 0)),
-                boot=str(raw.get("boot", "")),
-                process_start=str(raw.get("process_start", "")),
-                beat=int(raw.get("beat", 0)),
-                at=float(raw.get("at", 0.0)),
-                started_at=float(raw.get("started_at", 0.0)),
-                running=tuple(map(str, raw.get("running", ()))),
-                completed=int(raw.get("completed", 0)),
-                note=str(raw.get("note", "")),
-            )
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None
-
-    def process_gone(self) -> bool:
-        """Whether this heartbeat's process is known dead: it ran on this host since this boot and
-        its pid is gone or now belongs to another process.
-        """
-        if self.host != socket.gethostname() or not self.boot or self.boot != _boot_id():
-            return False
-        # A pid that now belongs to a process started at another time (a container restarted in
-        # place reuses pids) is as gone as a pid that is free.
-        start = _process_start(self.pid)
-        return not start or (bool(self.process_start) and start != self.process_start)
-
-    def describe(self) -> str:
-        """Who holds the id, for one-line messages."""
-        return f"process {self.writer} on host {self.host} (pid {self.pid})"
-
-
-def read_workers(backend: Backend, folder: str) -> list[Heartbeat]:
-    """Every worker's heartbeat as stored now (for `status`)."""
-    found = []
-    for name in sorted(backend.listdir(folder)):
-        blob = backend.read(f"{folder}/{name}")
-        beat = None if blob is None else Heartbeat.from_bytes(blob.data)
-        if beat is not None:
-            found.append(beat)
-    return found
 
 
 @dataclass(slots=True)
@@ -195,6 +117,7 @@ class Fleet:
     _beat: Heartbeat | None = None
     _last_ok: float = 0.0  # monotonic time the last successful heartbeat was *sent*
     _defer_until: float = 0.0  # the predecessor's attempts count as running until then
+    _left: bool = False
     _seen: dict[str, _Seen] = field(default_factory=dict)
     _listed_at: float = -1e18
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -245,8 +168,8 @@ class Fleet:
             state="live",
             host=socket.gethostname(),
             pid=os.getpid(),
-            boot=_boot_id(),
-            process_start=_process_start(os.getpid()),
+            boot=boot_id(),
+            process_start=process_start(os.getpid()),
         )
         return replace(base, at=time.time(), running=running, completed=completed, **changes)
 
@@ -255,6 +178,8 @@ class Fleet:
         with self._lock:
             if self.fenced is not None:
                 raise self.fenced
+            if self._left:
+                return
             assert self._beat is not None, "join() first"  # noqa: S101 - a programming error
             beat = self._content(beat=self._beat.beat + 1)
             sent = time.monotonic()
@@ -287,8 +212,9 @@ class Fleet:
     def leave(self) -> None:
         """An orderly stop: mark the heartbeat left (If-Match), then delete it."""
         with self._lock:
-            if self.fenced is not None or self._beat is None:
+            if self.fenced is not None or self._beat is None or self._left:
                 return
+            self._left = True
             try:
                 self._tag = self.backend.replace(self.path, self._content(state="left").to_bytes(), self._tag)
                 self.backend.delete([self.path])

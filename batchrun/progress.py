@@ -41,10 +41,11 @@ from batchrun._backends import Backend, open_backend
 from batchrun._compaction import Compactor
 from batchrun._events import EventLog
 from batchrun._foreign import check_importable, imported_attempts
+from batchrun._heartbeat import Heartbeat, read_workers
 from batchrun._identity import RunIdentity, claim_identity, read_identity
 from batchrun._state import Attempt, RunState
 from batchrun.errors import AttemptTakenError, ConflictError
-from batchrun.fleet import Fleet, Heartbeat, read_workers
+from batchrun.fleet import Fleet
 from batchrun.location import ProgressLocation
 
 _CLAIM_TRIES = 20

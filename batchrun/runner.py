@@ -11,21 +11,20 @@ import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 
 import structlog
 
+from batchrun._attempts import Attempts
 from batchrun._console import Console
-from batchrun._execution import ExecutionPolicy, Executor, Result
+from batchrun._execution import ExecutionPolicy, Executor
 from batchrun._ledger import Holder, Ledger, writer_of
 from batchrun._policy import AloneGate, NextStep, next_step
 from batchrun._scheduler import Scheduler
 from batchrun._signals import StopRequest
-from batchrun._state import Attempt, EvalState, Outcome
-from batchrun.command import CommandTemplate
-from batchrun.errors import EXIT_EVAL_FAILED, EXIT_OK, AttemptTakenError, FencedError, StoreError
-from batchrun.evalset import EvalSet
-from batchrun.fleet import HEARTBEAT_S, WORKER_TIMEOUT_S, default_worker_id
+from batchrun._state import EvalState
+from batchrun.errors import AttemptTakenError, FencedError, StoreError
+from batchrun.fleet import default_worker_id
+from batchrun.plan import RunPlan, RunSummary
 from batchrun.progress import ProgressStore
 
 COMPACT_EVERY_S = 2.0  # for the whole fleet: each of W workers compacts about every W x this
@@ -33,44 +32,6 @@ BACKOFF_CAP_S = 300.0
 FINAL_WRITE_S = 5.0  # during a stop: how long the last records and compaction may take
 
 Log = structlog.typing.FilteringBoundLogger
-
-
-@dataclass(frozen=True, slots=True)
-class RunPlan:
-    """Everything `run` needs to know besides where progress lives."""
-
-    model: str
-    eval_set: EvalSet
-    template: CommandTemplate
-    jobs: int = 1
-    max_attempts: int = 3
-    max_lost: int = 3
-    retry_backoff: float = 5.0
-    retry_failed: bool = False
-    eval_timeout: float | None = None
-    stop_signal: signal.Signals = signal.SIGTERM
-    grace: float = 10.0
-    worker_id: str | None = None  # None: fleet.default_worker_id()
-    heartbeat: float = HEARTBEAT_S
-    worker_timeout: float = WORKER_TIMEOUT_S
-
-
-@dataclass(frozen=True, slots=True)
-class RunSummary:
-    """How a run ended."""
-
-    total: int
-    done: int
-    failed: tuple[str, ...]
-    ran: int
-    stopped_by: int | None = None
-
-    @property
-    def exit_code(self) -> int:
-        """128 + the signal that stopped the run; else 0 when every eval is done, 1 otherwise."""
-        if self.stopped_by is not None:
-            return 128 + self.stopped_by
-        return EXIT_EVAL_FAILED if self.failed or self.done < self.total else EXIT_OK
 
 
 class Runner:
@@ -90,8 +51,7 @@ class Runner:
         )
         self.ledger = Ledger(store, self.stop, plan.stop_signal)
         self._gate = AloneGate()
-        self._savers: list[threading.Thread] = []
-        self._completed = 0
+
         # What every eval's environment shares, read once (os.environ decodes on every access).
         env = {
             **os.environ,
@@ -101,6 +61,15 @@ class Runner:
         }
         policy = ExecutionPolicy(plan.jobs > 1, plan.eval_timeout, plan.stop_signal, plan.grace)
         self.executor = Executor(policy, console, self.stop, env, self.log)
+        self.attempts = Attempts(
+            plan=plan,
+            store=store,
+            ledger=self.ledger,
+            executor=self.executor,
+            console=console,
+            stopping=self.stop.requested.is_set,
+            log=self.log,
+        )
 
     # --- the run --------------------------------------------------------------------------
 
@@ -139,7 +108,6 @@ class Runner:
                     self._run_slots(scheduler)
                 finally:
                     self.executor.kill_all()
-            self.fleet.leave()
         finally:
             self.console.stop_bar()
         if self.fleet.fenced is not None:
@@ -202,7 +170,7 @@ class Runner:
         return COMPACT_EVERY_S * (1 + self.fleet.others_live()) * random.uniform(0.75, 1.25)  # noqa: S311
 
     def _fleet_status(self) -> tuple[tuple[str, ...], int]:
-        return tuple(sorted(self.executor.running_evals())), self._completed
+        return tuple(sorted(self.executor.running_evals())), self.attempts.completed
 
     def _fenced(self, exc: FencedError) -> None:
         """Another process took this worker's place: stop the evals, write nothing more."""
@@ -222,16 +190,18 @@ class Runner:
             self.store.flush()
             self.ledger.wait_for_acknowledgements(None)
             self.store.compact()
+            self.fleet.leave()
             return
         finished = threading.Event()
         failure: list[BaseException] = []
 
         def work() -> None:
             try:
-                for saver in self._savers:
+                for saver in self.attempts.savers:
                     saver.join()
                 self.store.flush()
                 self.store.compact()
+                self.fleet.leave()  # after the records: whoever takes these evals next sees them
             except BaseException as exc:  # noqa: BLE001 - reported below
                 failure.append(exc)
             finally:
@@ -282,7 +252,7 @@ class Runner:
             if holder is not None:
                 return False
             if step.give_up is not None:
-                self._give_up(step.give_up, step.failures)
+                self.attempts.give_up(step.give_up, step.failures)
                 return True
             with self._gate.entered(alone=step.alone, stop=self.stop.requested) as entered:
                 if not entered:
@@ -303,7 +273,7 @@ class Runner:
                     return False
                 start_written.add_done_callback(self.ledger.check_written)
                 self.ledger.remember(attempt)
-                finished = self._attempt(attempt, step.failures, after_lost=step.alone)
+                finished = self.attempts.run(attempt, step.failures, after_lost=step.alone)
             if finished is None or finished:
                 return True
             delay = self._backoff(step.failures + 1)
@@ -312,93 +282,6 @@ class Runner:
                 return True
             self.ledger.refresh()  # what other workers did meanwhile counts toward --max-attempts too
         return True
-
-    def _attempt(self, attempt: Attempt, failures: int, *, after_lost: bool) -> bool | None:
-        """Run one claimed attempt and record how it ended: True when the eval needs no further
-        attempt now, False to retry, None when the run stopped before it started.
-        """
-        log = self.log.bind(eval=attempt.eval, attempt=attempt.number)
-        argv = self.plan.template.render(
-            model=self.plan.model, eval_name=attempt.eval, eval_set=self.plan.eval_set.name, attempt=attempt.number
-        )
-        # "alone" is news only when the eval runs alone because its last attempt was lost.
-        log.info("eval.started", command=argv, **({"alone": True} if after_lost else {}))
-        started = time.monotonic()
-        result = self.executor.execute(attempt, argv)
-        duration = round(time.monotonic() - started, 3)
-        if result is None:  # the run is stopping: this attempt never started
-            self.ledger.record_soon(attempt.finished(Outcome.INTERRUPTED, exit_code=None, reason="stopping"))
-            return None
-        with self.ledger.lock:
-            self.ledger.ran += 1
-        finished = self._finish(attempt, result, failures + 1, duration, log)
-        if result.output:  # after the outcome is recorded: a log that can't be saved loses nothing
-            if self.stop.requested.is_set():  # don't let a failing store hold up the stop
-                saving = threading.Thread(target=self._save_log, args=(attempt, result.output, log), daemon=True)
-                saving.start()
-                self._savers.append(saving)  # the final write waits for it, within its bound
-            else:
-                self._save_log(attempt, result.output, log)
-        return finished
-
-    def _save_log(self, attempt: Attempt, output: bytes, log: Log) -> None:
-        try:
-            self.store.save_log(attempt.eval, attempt.number, output)
-        except StoreError as exc:
-            log.warning("eval.log_not_saved", error=str(exc))
-
-    def _finish(self, attempt: Attempt, result: Result, attempts: int, duration: float, log: Log) -> bool:
-        """Record how an attempt ended; True when the eval needs no further attempt now."""
-        total = len(self.plan.eval_set.evals)
-        if result.interrupted:
-            self.ledger.record_soon(attempt.finished(Outcome.INTERRUPTED, exit_code=result.exit_code, reason="stopped"))
-            log.warning("eval.interrupted", exit_code=result.exit_code, duration_s=duration)
-            return True
-        if result.exit_code == 0 and not result.timed_out:
-            # Written with the next attempt's start (group commit); acknowledged once durable.
-            def acknowledged(done: int) -> None:
-                self._completed += 1
-                log.info("eval.completed", exit_code=0, duration_s=duration, done=done, total=total)
-                self.console.update_bar(done)
-
-            self.ledger.record_completion(attempt.finished(Outcome.COMPLETED, exit_code=0), acknowledged)
-            return True
-        final = attempts >= self.plan.max_attempts
-        self.ledger.record(
-            attempt.finished(
-                Outcome.FAILED, exit_code=result.exit_code, final=final, reason=result.reason, tail=result.tail
-            )
-        )
-        if final:
-            with self.ledger.lock:
-                self.ledger.failed.append(attempt.eval)
-        log.warning(
-            "eval.failed",
-            exit_code=result.exit_code,
-            reason=result.reason,
-            duration_s=duration,
-            attempts=attempts,
-            final=final,
-            done=self.ledger.done,
-            total=total,
-            last_output=list(result.tail[-5:]),
-        )
-        return final
-
-    def _give_up(self, record: Attempt, failures: int) -> None:
-        """Record an eval as failed whose attempts are used up, or that kept killing its pod."""
-        self.ledger.record(record)
-        with self.ledger.lock:
-            self.ledger.failed.append(record.eval)
-        self.log.warning(
-            "eval.failed",
-            eval=record.eval,
-            attempt=record.number,
-            exit_code=record.exit_code,
-            reason=record.reason,
-            attempts=failures,
-            final=True,
-        )
 
     def _backoff(self, attempts: int) -> float:
         """Exponential backoff with jitter: about base * 2^(n-1), between half and all of it."""

@@ -171,6 +171,21 @@ CASES: dict[str, Case] = {
         r"progress store: cannot read s3://batchrun-test/.*run\.json: EndpointConnectionError",
         store="unreachable",
     ),
+    "empty --worker-id": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--worker-id", ""], 2, r"--worker-id can't be empty"
+    ),
+    "long --worker-id": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--worker-id", "w" * 101], 2, r"101 characters"),
+    "slash in --worker-id": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--worker-id", "a/b"], 2, r"contains '/'"),
+    "control character in --worker-id": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--worker-id", "a\tb"], 2, r"control character"
+    ),
+    "--heartbeat 0": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--heartbeat", "0"], 2, r"--heartbeat must be positive"),
+    "--worker-timeout too short": Case(
+        {GOOD: GOOD_SET},
+        ["run", "m", GOOD, "--heartbeat", "10", "--worker-timeout", "20"],
+        2,
+        r"--worker-timeout must be more than twice --heartbeat \(20 s\), got 20",
+    ),
     "status of nothing": Case({}, ["status", "--progress", "PROGRESS"], 2, r"no batchrun progress at"),
     "reset without --yes off a terminal": Case(
         {GOOD: GOOD_SET}, ["reset", "m", GOOD], 2, r"refusing to delete .* without --yes", before=["run", "m", GOOD]

@@ -1,0 +1,134 @@
+"""One claimed attempt: its process run, then how it ended recorded (completed once durable,
+failed with its last output, interrupted by a stop) and its output saved beside the progress.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+
+from batchrun._console import Console
+from batchrun._execution import Executor, Result
+from batchrun._ledger import Ledger
+from batchrun._state import Attempt, Outcome
+from batchrun.errors import StoreError
+from batchrun.plan import RunPlan
+from batchrun.progress import ProgressStore
+
+Log = structlog.typing.FilteringBoundLogger
+
+
+class Attempts:
+    """Runs attempts the runner claimed, and records their ends through the ledger."""
+
+    def __init__(  # noqa: PLR0913 - the parts an attempt touches
+        self,
+        *,
+        plan: RunPlan,
+        store: ProgressStore,
+        ledger: Ledger,
+        executor: Executor,
+        console: Console,
+        stopping: Callable[[], bool],
+        log: Log,
+    ) -> None:
+        """Record through *ledger*; *stopping* says whether the run is stopping."""
+        self.plan = plan
+        self.store = store
+        self.ledger = ledger
+        self.executor = executor
+        self.console = console
+        self._stopping = stopping
+        self.log = log
+        self.savers: list[threading.Thread] = []  # logs saved in the background during a stop
+        self.completed = 0  # completions of this process, acknowledged
+
+    def run(self, attempt: Attempt, failures: int, *, after_lost: bool) -> bool | None:
+        """Run one claimed attempt and record how it ended: True when the eval needs no further
+        attempt now, False to retry, None when the run stopped before it started.
+        """
+        log = self.log.bind(eval=attempt.eval, attempt=attempt.number)
+        argv = self.plan.template.render(
+            model=self.plan.model, eval_name=attempt.eval, eval_set=self.plan.eval_set.name, attempt=attempt.number
+        )
+        # "alone" is news only when the eval runs alone because its last attempt was lost.
+        log.info("eval.started", command=argv, **({"alone": True} if after_lost else {}))
+        started = time.monotonic()
+        result = self.executor.execute(attempt, argv)
+        duration = round(time.monotonic() - started, 3)
+        if result is None:  # the run is stopping: this attempt never started
+            self.ledger.record_soon(attempt.finished(Outcome.INTERRUPTED, exit_code=None, reason="stopping"))
+            return None
+        with self.ledger.lock:
+            self.ledger.ran += 1
+        finished = self._finish(attempt, result, failures + 1, duration, log)
+        if result.output:  # after the outcome is recorded: a log that can't be saved loses nothing
+            if self._stopping():  # don't let a failing store hold up the stop
+                saving = threading.Thread(target=self._save_log, args=(attempt, result.output, log), daemon=True)
+                saving.start()
+                self.savers.append(saving)  # the final write waits for it, within its bound
+            else:
+                self._save_log(attempt, result.output, log)
+        return finished
+
+    def _save_log(self, attempt: Attempt, output: bytes, log: Log) -> None:
+        try:
+            self.store.save_log(attempt.eval, attempt.number, output)
+        except StoreError as exc:
+            log.warning("eval.log_not_saved", error=str(exc))
+
+    def _finish(self, attempt: Attempt, result: Result, attempts: int, duration: float, log: Log) -> bool:
+        """Record how an attempt ended; True when the eval needs no further attempt now."""
+        total = len(self.plan.eval_set.evals)
+        if result.interrupted:
+            self.ledger.record_soon(attempt.finished(Outcome.INTERRUPTED, exit_code=result.exit_code, reason="stopped"))
+            log.warning("eval.interrupted", exit_code=result.exit_code, duration_s=duration)
+            return True
+        if result.exit_code == 0 and not result.timed_out:
+            # Written with the next attempt's start (group commit); acknowledged once durable.
+            def acknowledged(done: int) -> None:
+                self.completed += 1
+                log.info("eval.completed", exit_code=0, duration_s=duration, done=done, total=total)
+                self.console.update_bar(done)
+
+            self.ledger.record_completion(attempt.finished(Outcome.COMPLETED, exit_code=0), acknowledged)
+            return True
+        final = attempts >= self.plan.max_attempts
+        self.ledger.record(
+            attempt.finished(
+                Outcome.FAILED, exit_code=result.exit_code, final=final, reason=result.reason, tail=result.tail
+            )
+        )
+        if final:
+            with self.ledger.lock:
+                self.ledger.failed.append(attempt.eval)
+        log.warning(
+            "eval.failed",
+            exit_code=result.exit_code,
+            reason=result.reason,
+            duration_s=duration,
+            attempts=attempts,
+            final=final,
+            done=self.ledger.done,
+            total=total,
+            last_output=list(result.tail[-5:]),
+        )
+        return final
+
+    def give_up(self, record: Attempt, failures: int) -> None:
+        """Record an eval as failed whose attempts are used up, or that kept killing its pod."""
+        self.ledger.record(record)
+        with self.ledger.lock:
+            self.ledger.failed.append(record.eval)
+        self.log.warning(
+            "eval.failed",
+            eval=record.eval,
+            attempt=record.number,
+            exit_code=record.exit_code,
+            reason=record.reason,
+            attempts=failures,
+            final=True,
+        )
