@@ -1,11 +1,13 @@
 """batchrun's own cost, measured side by side with the simplest alternatives in one invocation.
 
-Usage: python bench/run.py [--quick] [--runs N] [--only NAME ...]
+Usage: python bench/run.py [--quick] [--runs N] [--fleet-runs N] [--only NAME ...]
 
 Each scenario runs batchrun and its baselines alternately, N times each (median reported), on
 no-op or sleeping evals, so only the runners' own cost shows. S3 is a moto server started here on
 127.0.0.1. GNU parallel and openai/evals' oaievalset are used where installed, else skipped with a
-note. --quick shrinks every scenario (CI runs it as a smoke test; its numbers mean little).
+note. The fleet scenario starts W workers at once on one store, on a moto server of its own that
+counts every S3 request (bench/fleet.py). --quick shrinks every scenario (CI runs it as a smoke
+test; its numbers mean little).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import fleet
 
 HERE = Path(__file__).parent
 FLOOR = HERE / "floor.py"
@@ -340,12 +344,89 @@ class Bench:
             for key, what in (("help", "--help"), ("status", "status (local)"))
         ]  # fmt: skip
 
+    def many_workers(
+        self, workers: tuple[int, ...], evals: int, seconds: float, scaling: tuple[int, tuple[int, ...]], runs: int
+    ) -> tuple[list[Row], str]:
+        """*evals* sleeping evals on one store with each of *workers* processes (the rounds alternate
+        between them); then *scaling*'s worker count on no-op sets of each size. Every worker must
+        exit 0 and `status` must say every eval is done. Returns the rows and the detail tables.
+        """
+        sleeper = f"sh -c 'sleep {seconds:g}' {{eval}}"
+        progress = f"s3://{BUCKET}/fleet/run.progress.txt"
+        with fleet.counting_moto() as url:
+            env = {**self.env, "AWS_ENDPOINT_URL": url}
+
+            def once(count: int, names: Path, command: str) -> fleet.FleetRun:
+                reset_s3(url)
+                work = self.fresh()
+                run = fleet.launch(
+                    self.batchrun, env, work, url, workers=count, names=names, command=command, progress=progress
+                )
+                if any(run.codes):
+                    raise SystemExit(f"fleet of {count}: workers exited with {run.codes} (logs in {work})")
+                fleet.check_done(self.batchrun, env, work, progress, run.evals)
+                return run
+
+            timed: dict[int, list[fleet.FleetRun]] = {count: [] for count in workers}
+            for _ in range(runs):
+                for count in workers:
+                    timed[count].append(once(count, self.names(evals), sleeper))
+            many, sizes = scaling
+            scaled = {size: [once(many, self.names(size), "true {eval}") for _ in range(runs)] for size in sizes}
+        groups = [(f"{plural(count)}, {evals} x {seconds:g} s", rs) for count, rs in timed.items()]
+        groups += [(f"{plural(many)}, {size} x no-op", rs) for size, rs in scaled.items()]
+        detail = "\n\n".join([fleet.timing_table(groups[: len(workers)], seconds), fleet.requests_tables(groups)])
+        return fleet_rows(timed, scaled, seconds), detail
+
 
 def ratio_row(scenario: str, ours: float, baseline: str, theirs: float, target: str) -> Row:
     limit = float(target.removeprefix("<= ").removesuffix("x"))
     return Row(
         scenario, f"{ours:.2f} s", baseline, f"{theirs:.2f} s", f"{ours / theirs:.2f}x", target, ours / theirs <= limit
     )
+
+
+def plural(workers: int) -> str:
+    return f"{workers} worker{'s' if workers > 1 else ''}"
+
+
+def fleet_rows(
+    timed: dict[int, list[fleet.FleetRun]], scaled: dict[int, list[fleet.FleetRun]], seconds: float
+) -> list[Row]:
+    """The fleet's summary rows: wall time against the ideal and against one worker (the targets
+    apply to the largest fleet: 1.6x the ideal, that is W / 1.6 times faster than one worker), and
+    requests per eval without the fleet's own (workers/) and listings, across W and across E.
+    """
+    walls = {count: statistics.median(r.wall for r in runs) for count, runs in timed.items()}
+    one, top = min(walls), max(walls)
+    evals = timed[one][0].evals
+    rows = []
+    for count, wall in walls.items():
+        ideal = evals * seconds / count
+        judged = count == top
+        rows.append(Row(f"{evals} evals x {seconds:g} s, S3, {plural(count)}", f"{wall:.2f} s",
+                        "ideal (evals x s / workers)", f"{ideal:.2f} s", f"{wall / ideal:.2f}x",
+                        "<= 1.6x" if judged else "(reference)", wall / ideal <= 1.6 if judged else None))  # fmt: skip
+        if count != one:
+            goal = count / 1.6
+            rows.append(Row("", f"{walls[one] / wall:.1f}x faster", plural(one), f"{walls[one]:.2f} s", "",
+                            f">= {goal:g}x" if judged else "(reference)",
+                            walls[one] / wall >= goal if judged else None))  # fmt: skip
+
+    def steady(runs: list[fleet.FleetRun]) -> float:
+        return sum(fleet.steady(r) for r in runs) / sum(r.evals for r in runs)
+
+    small, big = min(scaled), max(scaled)
+    many = scaled[small][0].workers
+    by_workers = steady(timed[top]) / steady(timed[one])
+    by_evals = steady(scaled[big]) / steady(scaled[small])
+    return [
+        *rows,
+        Row(f"S3 requests per eval, no workers/ or LIST: {plural(top)}", f"{steady(timed[top]):.2f}", plural(one),
+            f"{steady(timed[one]):.2f}", f"{by_workers:.2f}x", "<= 1.25x", by_workers <= 1.25),
+        Row(f"... {plural(many)}, {big} no-op evals", f"{steady(scaled[big]):.2f}", f"{small} no-op evals",
+            f"{steady(scaled[small]):.2f}", f"{by_evals:.2f}x", "<= 1.25x", by_evals <= 1.25),
+    ]  # fmt: skip
 
 
 def table(rows: list[Row]) -> str:
@@ -362,13 +443,19 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run: a smoke test")
     parser.add_argument("--runs", type=int, default=5, help="runs per contender (median reported)")
     parser.add_argument("--large-runs", type=int, default=3, help="runs of the 10,000-eval scenario")
-    parser.add_argument("--only", nargs="*", default=None, help="local s3 large sleep startup")
+    parser.add_argument("--fleet-runs", type=int, default=3, help="runs of each fleet size (median reported)")
+    parser.add_argument("--only", nargs="*", default=None, help="local s3 large sleep startup fleet")
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
     small, large, window = (40, 300, 100) if args.quick else (1000, 10_000, 1000)
     sleepers, jobs, nap = (16, 16, 0.2) if args.quick else (64, 16, 0.5)
-    wanted = set(args.only or ["local", "s3", "large", "sleep", "startup"])
+    fleets, fleet_evals, fleet_nap, scaling = (
+        ((1, 2), 8, 0.2, (2, (8, 32))) if args.quick else ((1, 4, 16), 64, 1.0, (4, (64, 256)))
+    )
+    wanted = set(args.only or ["local", "s3", "large", "sleep", "startup", "fleet"])
     rows: list[Row] = []
+    details: list[str] = []
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="batchrun-bench-") as tmp, moto_server() as url:
         bench = Bench(Path(tmp), runs, url)
         rss = None
@@ -385,10 +472,23 @@ def main() -> int:
             rows += bench.startup()
         if rss is not None:
             rows.append(Row(f"{large} no-op evals, S3: peak RSS", f"{rss:.0f} MB", "", "", "", "< 150 MB", rss < 150))
+        if "fleet" in wanted:
+            found, detail = bench.many_workers(
+                fleets, fleet_evals, fleet_nap, scaling, 1 if args.quick else args.fleet_runs
+            )
+            rows += found
+            details.append(detail)
     print(table(rows))
     print()
+    for detail in details:
+        print(detail)
+        print()
     cpu = platform.processor() or platform.machine()
-    print(f"{dt.date.today()}, Python {platform.python_version()}, {os.cpu_count()} cores, {cpu}; runs={runs}")
+    fleet_runs = f", fleet runs={1 if args.quick else args.fleet_runs}" if "fleet" in wanted else ""
+    print(
+        f"{dt.date.today()}, Python {platform.python_version()}, {os.cpu_count()} cores, {cpu}; runs={runs}{fleet_runs}"
+    )
+    print(f"load average (1 min) at the start {load:.2f}, at the end {os.getloadavg()[0]:.2f}")
     for note in bench.notes:
         print(f"note: {note}")
     return 0
