@@ -58,9 +58,9 @@ class Ledger:
         if self.store.pending_events > COMPACT_AT_START:
             self.state = self.store.compact()
 
-    def refresh(self) -> None:
-        """Fold the store's current records into the ledger."""
-        state = self.store.load()
+    def refresh(self, *, light: bool = False) -> None:
+        """Fold the store's current records into the ledger (*light*: only what is compacted)."""
+        state = self.store.load_folded() if light else self.store.load()
         with self.lock:
             self.state.merge(a for by_id in state.attempts.values() for a in by_id.values())
 

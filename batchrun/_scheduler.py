@@ -31,13 +31,21 @@ class Scheduler:
         self._cond = threading.Condition()
         self._queue = list(queue)
         self._refreshed = time.monotonic()
+        self._spread = False
         self.poll_s = min(REFRESH_S, fleet.heartbeat_s)
 
-    def spread(self) -> None:
-        """With other workers about, start at a place of our own in the set (fewer lost claims)."""
-        if self._queue and self.fleet.others_live():
-            offset = zlib.crc32(self.fleet.worker.encode()) % len(self._queue)
-            self._queue = self._queue[offset:] + self._queue[:offset]
+    def spread(self, first: int = 0) -> None:
+        """With other workers about, start at a place of our own in the set (fewer lost claims);
+        the *first* evals (whose last attempt was lost) stay first.
+        """
+        with self._cond:
+            if self._spread or not self.fleet.others_live():
+                return
+            self._spread = True
+            head, rest = self._queue[:first], self._queue[first:]
+            if rest:
+                offset = zlib.crc32(self.fleet.worker.encode()) % len(rest)
+                self._queue = head + rest[offset:] + rest[:offset]
 
     def next(self) -> tuple[str, int] | None:
         """The next eval for a free slot; waits while every eval left is held by a live worker;
@@ -46,23 +54,32 @@ class Scheduler:
         with self._cond:
             while not self.stop.is_set() and self._queue:
                 if self.fleet.others_live() and time.monotonic() - self._refreshed > REFRESH_S:
-                    self._refresh()
+                    self._refresh(light=self._refreshed > 0)
                 pick = self._pick()
                 if pick is not None:
                     self._queue.remove(pick)
                     return pick
+                if not self._queue:
+                    break  # the last evals were settled by others just now
                 self._cond.wait(self.poll_s)
-                self._refresh()
+                self._refresh(light=True)
             return None
 
     def give_back(self, name: str, epoch: int) -> None:
-        """A slot found the eval held elsewhere (or lost its claim): keep it for later."""
+        """A slot found the eval held elsewhere (or lost its claim): keep it for later, and look
+        at the store again before the next pick (others started meanwhile: spread out from them).
+        """
         with self._cond:
             self._queue.append((name, epoch))
+            self._refreshed = -1e18
             self._cond.notify_all()
+        self.spread()
 
-    def _refresh(self) -> None:
-        self.ledger.refresh()
+    def _refresh(self, *, light: bool = False) -> None:
+        """Read what others did: *light* reads the snapshot only (what compactions folded, a
+        bounded cost per interval); a full refresh reads the unfolded events too.
+        """
+        self.ledger.refresh(light=light)
         self.fleet.observe()
         self._refreshed = time.monotonic()
 

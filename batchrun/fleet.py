@@ -54,6 +54,7 @@ WORKER_TIMEOUT_S = 60.0
 _ID_MAX = 100
 _BAD_ID = re.compile(r"[/\x00-\x1f\x7f]")
 _TRIES = 20
+_READ_AT_START = 8  # heartbeats read at once by a starting worker, if there are no more than this
 
 log = structlog.get_logger("batchrun.fleet")
 
@@ -151,10 +152,13 @@ class Fleet:
                 except ConflictError:
                     continue
                 self._beat, self._last_ok = beat, sent
+                if old is not None and old.state == "live" and not old.process_gone():
+                    # The holder we replace, if alive, stops within a lease (two heartbeats, or
+                    # before its next write) plus --grace: attempts of our id wait until then. A
+                    # holder that left or was declared dead gave every earlier one that long.
+                    self._defer_until = time.monotonic() + max(self.heartbeat_s + grace, self.lease_s) + 5.0
                 if old is not None and old.state != "left" and old.writer != self.writer:
                     self.predecessor = old
-                    if old.state == "live" and not old.process_gone():
-                        self._defer_until = time.monotonic() + self.heartbeat_s + grace + 5.0
                     log.warning("worker.took_over", worker=self.worker, previous=old.describe(), was=old.state)
                 return
         raise StoreError(f"could not register worker {self.worker!r}: too many concurrent changes")
@@ -199,22 +203,48 @@ class Fleet:
             return f"worker {self.worker!r} was declared dead ({now.note}); this process stopped"
         return f"worker {self.worker!r} was taken over by {now.describe()}; this process stopped"
 
+    def _taken_over(self) -> bool:
+        """Whether another process holds our id now (read, not assumed: it may have taken it over
+        since our last heartbeat); if so this process is fenced.
+        """
+        with self._lock:
+            if self.fenced is None:
+                blob = self.backend.read(self.path)
+                current = None if blob is None else Heartbeat.from_bytes(blob.data)
+                if current is not None and current.writer == self.writer and current.state == "live":
+                    return False
+                self.fenced = FencedError(self._why_fenced())
+            return True
+
+    @property
+    def lease_s(self) -> float:
+        """How long a successful heartbeat vouches for this process: two intervals. Others take
+        our place only later (--worker-timeout is more than that; a successor waits longer).
+        """
+        return 2 * self.heartbeat_s
+
     def confirm(self) -> None:
-        """Before a write: FencedError if this worker lost its place. Without a heartbeat sent in
-        the last (timeout - heartbeat) seconds (the process was stalled), beat first to find out.
+        """Before a write: FencedError if this worker lost its place. Without a heartbeat sent
+        within the lease (the process was stalled, or beats are slow), beat first to find out.
         """
         with self._lock:
             if self.fenced is not None:
                 raise self.fenced
-            if time.monotonic() - self._last_ok > self.timeout_s - self.heartbeat_s:
+            if time.monotonic() - self._last_ok > self.lease_s:
                 self.beat()
 
     def leave(self) -> None:
-        """An orderly stop: mark the heartbeat left (If-Match), then delete it."""
+        """An orderly stop: mark the heartbeat left (If-Match), then delete it (not while an earlier
+        holder of our id may still be stopping).
+        """
         with self._lock:
             if self.fenced is not None or self._beat is None or self._left:
                 return
             self._left = True
+            if time.monotonic() < self._defer_until:
+                # An earlier holder of our id may still be stopping: leave the heartbeat to go stale,
+                # so others wait --worker-timeout (by then it has stopped) instead of taking its evals.
+                return
             try:
                 self._tag = self.backend.replace(self.path, self._content(state="left").to_bytes(), self._tag)
                 self.backend.delete([self.path])
@@ -266,7 +296,9 @@ class Fleet:
                 old = self._seen.get(name)
                 seen[name] = old if old is not None and old.marker == marker else _Seen(marker, now)
             self._seen = seen
-        if first:  # a process that died on this machine is known dead at once (a laptop's restart)
+        if first and len(seen) <= _READ_AT_START:
+            # A process that died on this machine is known dead at once (a laptop's restart). In a
+            # large fleet each worker would read every other's heartbeat: they are read when needed.
             for name in list(seen):
                 self._read(name)
 
@@ -285,8 +317,9 @@ class Fleet:
         if worker == self.worker:
             if writer == self.writer:
                 return True
-            predecessor = self.predecessor
-            return predecessor is not None and writer == predecessor.writer and time.monotonic() < self._defer_until
+            if time.monotonic() < self._defer_until:
+                return True
+            return self._taken_over()  # an earlier holder of our id, or one that took our place just now
         self.observe()
         from batchrun.progress import encode_key  # noqa: PLC0415
 
@@ -340,4 +373,10 @@ class Fleet:
         with self._lock:
             now = time.monotonic()
             mine = self.path.rsplit("/", 1)[-1]
-            return sum(1 for n, e in self._seen.items() if n != mine and now - e.since < self.timeout_s)
+            return sum(
+                1
+                for name, entry in self._seen.items()
+                if name != mine
+                and now - entry.since < self.timeout_s
+                and (entry.content is None or entry.read_marker != entry.marker or entry.content.state == "live")
+            )

@@ -261,6 +261,12 @@ class ProgressStore:
         self.pending_events = len(names)
         return state
 
+    def load_folded(self) -> RunState:
+        """The records folded into the snapshot so far (one conditional read; events not yet
+        folded are left out: a worker's periodic look at the others needs no more).
+        """
+        return self._compactor.read_snapshot().state
+
     def _imported(self) -> RunState:
         """Before our first snapshot, a progress file here is oaievalset's: its completions of
         this run's model and extra args count.

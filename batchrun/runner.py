@@ -98,7 +98,7 @@ class Runner:
         self.stop.on_stop(self._begin_stop)
         self.console.start_bar(done=self.ledger.done, total=len(evals))
         scheduler = Scheduler(self.ledger, self.fleet, queue, self.stop.requested)
-        scheduler.spread()
+        scheduler.spread(first=sum(1 for item in queue if self._decide(*item)[0].alone))
         try:
             with (
                 self.fleet.beating(self._fenced, self._store_failed),

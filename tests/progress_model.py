@@ -72,6 +72,7 @@ class Op:
     seen: list[Attempt] = field(default_factory=list)  # start's attempt, then the end recorded
     ended: int | None = None
     erased: int | None = None  # a failed start whose record a settled reset erased
+    claim_erased: int | None = None  # a start whose claim a settled reset erased
     task: Task | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
@@ -229,12 +230,16 @@ class Model:
             if op.erased is None and op.ended is not None and op.ended < began:
                 op.erased = tick
         for ops in self.claimers.values():
-            ops[:] = [o for o in ops if o.ended is None or o.ended > began]
+            for o in ops:
+                if o.ended is not None and o.ended < began and o.claim_erased is None:
+                    o.claim_erased = tick  # its claim is gone from now on
 
     def check_taken(self, op: Op) -> None:
         """AttemptTakenError for *op*: some other start of the number must possibly hold it."""
         assert op.key is not None
-        if not [o for o in self.claimers.get(op.key, []) if o is not op]:
+        # A claim that a reset erased still explains a refusal by a start that began before then.
+        live = [o for o in self.claimers.get(op.key, []) if o.claim_erased is None or o.claim_erased > op.began]
+        if not [o for o in live if o is not op]:
             self.fail(SpuriousTaken, f"{op.writer}'s start{op.key} was refused, but no other start claimed it")
 
     def check_state(self, state: object, began: int, who: str, *, full: bool = True) -> None:

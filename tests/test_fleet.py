@@ -178,9 +178,9 @@ def test_bad_worker_ids_are_refused(worker_id: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("heartbeat", "timeout", "message"),
     [
-        (0, 60, "--heartbeat must be a positive"),
-        (-1, 60, "--heartbeat must be a positive"),
-        (float("nan"), 60, "--heartbeat must be a positive"),
+        (0, 60, "--heartbeat must be positive"),
+        (-1, 60, "--heartbeat must be positive"),
+        (float("nan"), 60, "--heartbeat must be positive"),
         (10, 20, "more than twice --heartbeat"),
         (10, float("inf"), "more than twice --heartbeat"),
     ],
