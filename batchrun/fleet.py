@@ -121,7 +121,8 @@ class Fleet:
     _left: bool = False
     _seen: dict[str, _Seen] = field(default_factory=dict)
     _listed_at: float = -1e18
-    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _lock: threading.RLock = field(default_factory=threading.RLock)  # the view of the others
+    _beat_lock: threading.RLock = field(default_factory=threading.RLock)  # one heartbeat write at a time
 
     @property
     def path(self) -> str:
@@ -140,7 +141,7 @@ class Fleet:
         predecessor that may still be alive keeps its attempts for a heartbeat plus *grace* (it
         stops them when its next heartbeat tells it it was fenced).
         """
-        with self._lock:
+        with self._beat_lock:
             for _ in range(_TRIES):
                 blob = self.backend.read(self.path)
                 old = None if blob is None else Heartbeat.from_bytes(blob.data)
@@ -179,7 +180,7 @@ class Fleet:
 
     def beat(self) -> None:
         """Rewrite the heartbeat (If-Match on our last write); FencedError if another took our place."""
-        with self._lock:
+        with self._beat_lock:  # not the view's lock: a slow store must not hold up confirm()
             if self.fenced is not None:
                 raise self.fenced
             if self._left:
@@ -207,14 +208,13 @@ class Fleet:
         """Whether another process holds our id now (read, not assumed: it may have taken it over
         since our last heartbeat); if so this process is fenced.
         """
-        with self._lock:
-            if self.fenced is None:
-                blob = self.backend.read(self.path)
-                current = None if blob is None else Heartbeat.from_bytes(blob.data)
-                if current is not None and current.writer == self.writer and current.state == "live":
-                    return False
-                self.fenced = FencedError(self._why_fenced())
-            return True
+        if self.fenced is None:
+            blob = self.backend.read(self.path)
+            current = None if blob is None else Heartbeat.from_bytes(blob.data)
+            if current is not None and current.writer == self.writer and current.state == "live":
+                return False
+            self.fenced = FencedError(self._why_fenced())
+        return True
 
     @property
     def lease_s(self) -> float:
@@ -227,17 +227,18 @@ class Fleet:
         """Before a write: FencedError if this worker lost its place. Without a heartbeat sent
         within the lease (the process was stalled, or beats are slow), beat first to find out.
         """
-        with self._lock:
-            if self.fenced is not None:
-                raise self.fenced
-            if time.monotonic() - self._last_ok > self.lease_s:
-                self.beat()
+        if self.fenced is not None:
+            raise self.fenced
+        if time.monotonic() - self._last_ok > self.lease_s:
+            with self._beat_lock:  # a beat in flight may renew the lease meanwhile
+                if time.monotonic() - self._last_ok > self.lease_s:
+                    self.beat()
 
     def leave(self) -> None:
         """An orderly stop: mark the heartbeat left (If-Match), then delete it (not while an earlier
         holder of our id may still be stopping).
         """
-        with self._lock:
+        with self._beat_lock:
             if self.fenced is not None or self._beat is None or self._left:
                 return
             self._left = True
@@ -340,13 +341,15 @@ class Fleet:
             if content is None or content.state != "live":
                 return False
             if content.process_gone():
-                return not self._declare_dead(name, entry, "its process is gone from this host")
+                return not self._declare_dead(name, entry, "its process is gone from this host", gone=True)
             if quiet < self.timeout_s:
                 return True
             return not self._declare_dead(name, entry, f"no heartbeat for {quiet:.0f} s")
 
-    def _declare_dead(self, name: str, entry: _Seen, why: str) -> bool:
-        """Replace a stalled worker's heartbeat with a dead one; False if it beat meanwhile."""
+    def _declare_dead(self, name: str, entry: _Seen, why: str, *, gone: bool = False) -> bool:
+        """Replace a stalled (or, with *gone*, a vanished) worker's heartbeat with a dead one;
+        False if it beat meanwhile, or another process holds the id now.
+        """
         path = f"{self.folder}/{name}"
         blob = self.backend.read(path)
         if blob is None:
@@ -354,6 +357,9 @@ class Fleet:
         current = Heartbeat.from_bytes(blob.data)
         if current is None or current.state != "live":
             return True
+        if gone and not current.process_gone():
+            entry.content, entry.read_marker = current, ""  # a new holder: read again next time
+            return False
         if self.backend.markers(self.folder).get(name) != entry.marker:
             entry.marker, entry.since = "", time.monotonic()  # it changed: alive after all
             return False
