@@ -14,7 +14,7 @@ from batchrun._console import Console
 from batchrun._execution import Executor, Result
 from batchrun._ledger import Ledger
 from batchrun._state import Attempt, Outcome
-from batchrun.errors import StoreError
+from batchrun.errors import FencedError, StoreError
 from batchrun.plan import RunPlan
 from batchrun.progress import ProgressStore
 
@@ -79,6 +79,8 @@ class Attempts:
             self.store.save_log(attempt.eval, attempt.number, output)
         except StoreError as exc:
             log.warning("eval.log_not_saved", error=str(exc))
+        except FencedError:
+            pass  # another process holds this worker's place: nothing more is ours to write
 
     def _finish(self, attempt: Attempt, result: Result, attempts: int, duration: float, log: Log) -> bool:
         """Record how an attempt ended; True when the eval needs no further attempt now."""

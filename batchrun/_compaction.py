@@ -30,7 +30,7 @@ import structlog
 from batchrun._backends import Backend
 from batchrun._events import EventLog
 from batchrun._state import Attempt, RunState
-from batchrun.errors import ConflictError, StoreError
+from batchrun.errors import ConflictError, FencedError, StoreError
 
 _TRIES = 20
 _BACKGROUND_TRIES = 2
@@ -111,6 +111,7 @@ class Compactor:
         After *tries* lost races (default 20) it gives up with ConflictError: in the background,
         a lost race means another worker compacted just now, and the next round will do.
         """
+        self.events.guard()  # a worker that lost its place folds nothing either
         with self._lock:
             for _ in range(tries or _TRIES):
                 self.events.dirty = False
@@ -175,6 +176,8 @@ class Compactor:
                         self.compact(tries=_BACKGROUND_TRIES)
                     except ConflictError:
                         pass  # others compacted meanwhile; our events go with the next round
+                    except FencedError:
+                        return  # another process holds this worker's place: nothing more is ours
                     except StoreError as exc:
                         log.warning("progress.compaction_failed", error=str(exc), progress=self.progress_path)
 

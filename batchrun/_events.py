@@ -41,7 +41,7 @@ class EventLog:
         self._generation = generation
         self._seq = 0
         self._lock = threading.Lock()
-        self._guard = guard
+        self.guard = guard
         self._own: dict[str, list[Attempt]] = {}  # events we wrote and have not yet seen deleted
         self._seen: dict[str, list[Attempt]] = {}  # others' events read so far (create-only: never change)
         self.recorder: GroupCommit[Attempt] = GroupCommit(self._write)
@@ -52,7 +52,7 @@ class EventLog:
         return self.recorder.submit(attempt, urgent=urgent)
 
     def _write(self, attempts: Sequence[Attempt]) -> None:
-        self._guard()
+        self.guard()
         with self._lock:
             self._seq += 1
             name = f"{self.writer}-{self._seq:09d}.json"

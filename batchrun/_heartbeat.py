@@ -19,6 +19,13 @@ def boot_id() -> str:
     return ""
 
 
+def pid_namespace() -> str:
+    """The PID namespace of the calling process (Linux), e.g. ``pid:[4026531836]``; "" where unknown."""
+    with contextlib.suppress(OSError):
+        return str(Path("/proc/self/ns/pid").readlink())
+    return ""
+
+
 def process_start(pid: int) -> str:
     """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
     with contextlib.suppress(OSError, IndexError):
@@ -38,6 +45,7 @@ class Heartbeat:
     pid: int
     boot: str = ""
     process_start: str = ""
+    pid_ns: str = ""
     beat: int = 0
     at: float = 0.0  # wall time of this write: shown by `status`, never used to judge liveness
     started_at: float = 0.0
@@ -63,6 +71,7 @@ class Heartbeat:
                 pid=int(raw.get("pid", 0)),
                 boot=str(raw.get("boot", "")),
                 process_start=str(raw.get("process_start", "")),
+                pid_ns=str(raw.get("pid_ns", "")),
                 beat=int(raw.get("beat", 0)),
                 at=float(raw.get("at", 0.0)),
                 started_at=float(raw.get("started_at", 0.0)),
@@ -79,6 +88,8 @@ class Heartbeat:
         """
         if self.host != socket.gethostname() or not self.boot or self.boot != boot_id():
             return False
+        if not self.pid_ns or self.pid_ns != pid_namespace():
+            return False  # another PID namespace (a container sharing the host name): pids say nothing
         # A pid that now belongs to a process started at another time (a container restarted in
         # place reuses pids) is as gone as a pid that is free.
         start = process_start(self.pid)

@@ -24,11 +24,11 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import re
 import secrets
 import socket
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -36,7 +36,7 @@ from typing import Any
 import structlog
 
 from batchrun._backends import Backend
-from batchrun._heartbeat import Heartbeat, boot_id, process_start
+from batchrun._heartbeat import Heartbeat, boot_id, pid_namespace, process_start
 from batchrun.errors import BadInputError, ConflictError, FencedError, StoreError
 
 __all__ = [
@@ -52,7 +52,8 @@ __all__ = [
 HEARTBEAT_S = 10.0
 WORKER_TIMEOUT_S = 60.0
 _ID_MAX = 100
-_BAD_ID = re.compile(r"[/\x00-\x1f\x7f]")
+_BAD_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}  # controls, surrogates (undecodable bytes), line breaks
+HEARTBEAT_MIN_S = 0.1
 _TRIES = 20
 _READ_AT_START = 8  # heartbeats read at once by a starting worker, if there are no more than this
 
@@ -74,20 +75,24 @@ def default_worker_id(env: Mapping[str, str] | None = None, host: str | None = N
 
 
 def check_worker_id(worker_id: str) -> str:
-    """The id, or BadInputError: not empty, at most 100 characters, no ``/`` or control characters."""
-    if not worker_id:
+    """The id, or BadInputError: not blank, at most 100 characters, no ``/``, no control or
+    line-breaking characters, valid Unicode (an undecodable byte of the command line is not).
+    """
+    if not worker_id.strip():
         raise BadInputError("--worker-id can't be empty")
     if len(worker_id) > _ID_MAX:
         raise BadInputError(f"--worker-id is {len(worker_id)} characters long; at most {_ID_MAX} are allowed")
-    if _BAD_ID.search(worker_id):
-        raise BadInputError(f"--worker-id {worker_id!r} contains '/' or a control character")
+    if "/" in worker_id:
+        raise BadInputError(f"--worker-id {worker_id!r} contains '/'")
+    if any(unicodedata.category(ch) in _BAD_CATEGORIES for ch in worker_id):
+        raise BadInputError(f"--worker-id {worker_id!r} contains a control character or an undecodable byte")
     return worker_id
 
 
 def check_timing(heartbeat: float, timeout: float) -> None:
     """--heartbeat must be positive and --worker-timeout more than twice it."""
-    if not 0 < heartbeat < float("inf"):
-        raise BadInputError(f"--heartbeat must be positive (seconds), got {heartbeat:g}")
+    if not HEARTBEAT_MIN_S <= heartbeat < float("inf"):
+        raise BadInputError(f"--heartbeat must be at least {HEARTBEAT_MIN_S:g} s, got {heartbeat:g}")
     if not 2 * heartbeat < timeout < float("inf"):
         msg = f"--worker-timeout must be more than twice --heartbeat ({2 * heartbeat:g} s), got {timeout:g}"
         raise BadInputError(msg)
@@ -175,6 +180,7 @@ class Fleet:
             pid=os.getpid(),
             boot=boot_id(),
             process_start=process_start(os.getpid()),
+            pid_ns=pid_namespace(),
         )
         return replace(base, at=time.time(), running=running, completed=completed, **changes)
 

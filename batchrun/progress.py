@@ -284,7 +284,6 @@ class ProgressStore:
         """Fold events into the snapshot, rewrite the progress file, delete the folded events
         (ConflictError after *tries* lost races, when given).
         """
-        self.guard()
         return self._compactor.compact(tries)
 
     @contextlib.contextmanager

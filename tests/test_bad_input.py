@@ -179,7 +179,9 @@ CASES: dict[str, Case] = {
     "control character in --worker-id": Case(
         {GOOD: GOOD_SET}, ["run", "m", GOOD, "--worker-id", "a\tb"], 2, r"control character"
     ),
-    "--heartbeat 0": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--heartbeat", "0"], 2, r"--heartbeat must be positive"),
+    "--heartbeat 0": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--heartbeat", "0"], 2, r"--heartbeat must be at least 0\.1 s"
+    ),
     "--worker-timeout too short": Case(
         {GOOD: GOOD_SET},
         ["run", "m", GOOD, "--heartbeat", "10", "--worker-timeout", "20"],

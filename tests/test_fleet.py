@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,10 @@ def test_a_stalled_worker_checks_its_place_before_writing(tmp_path: Path) -> Non
         ("a/b", "'/'"),
         ("a\nb", "control character"),
         ("a\x7fb", "control character"),
+        ("a\x85b", "control character"),  # a C1 control: invisible on a terminal
+        ("a\u2028b", "control character"),
+        ("a\udc85b", "undecodable byte"),  # a byte of the command line that is not UTF-8
+        ("   ", "can't be empty"),
     ],
 )
 def test_bad_worker_ids_are_refused(worker_id: str, message: str) -> None:
@@ -178,9 +183,10 @@ def test_bad_worker_ids_are_refused(worker_id: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("heartbeat", "timeout", "message"),
     [
-        (0, 60, "--heartbeat must be positive"),
-        (-1, 60, "--heartbeat must be positive"),
-        (float("nan"), 60, "--heartbeat must be positive"),
+        (0, 60, "--heartbeat must be at least"),
+        (-1, 60, "--heartbeat must be at least"),
+        (float("nan"), 60, "--heartbeat must be at least"),
+        (0.001, 1, "--heartbeat must be at least 0.1 s"),  # a typo would mean 1,000 writes a second
         (10, 20, "more than twice --heartbeat"),
         (10, float("inf"), "more than twice --heartbeat"),
     ],
@@ -204,3 +210,34 @@ def test_default_worker_id_is_the_indexed_jobs_name_and_index() -> None:
 def test_a_heartbeat_object_that_is_not_ours_is_not_parsed() -> None:
     assert Heartbeat.from_bytes(b"not json") is None
     assert Heartbeat.from_bytes(b'{"worker": "a"}') is None
+
+
+def test_a_heartbeat_from_another_pid_namespace_is_never_taken_for_gone(tmp_path: Path) -> None:
+    """Containers that share the host name (hostNetwork pods) have pids of their own: a pid that
+    does not exist here says nothing about a process in another PID namespace.
+    """
+    uri = str(tmp_path / "p.txt")
+    member(open_store(uri), "a", heartbeat=10.0, timeout=60.0)
+    (mine,) = open_store(uri).workers()
+    assert mine.pid_ns
+    elsewhere = replace(mine, pid=2**22 + 7, pid_ns="pid:[1]")  # no such pid here
+    assert not elsewhere.process_gone()
+    assert replace(mine, pid=2**22 + 7).process_gone()  # the same namespace: it is gone
+
+
+def test_a_fenced_worker_neither_compacts_nor_saves_logs(tmp_path: Path) -> None:
+    """Writes nothing more: no snapshot, no progress file, no log."""
+    uri = str(tmp_path / "p.txt")
+    store = open_store(uri)
+    old = store.fleet("w", HEARTBEAT, TIMEOUT)
+    old.join(grace=0.1)
+    store.record(store.start("e", 1))
+    member(open_store(uri), "w")  # takes the id over
+    with pytest.raises(FencedError):
+        old.beat()
+    with pytest.raises(FencedError):
+        store.compact()
+    with pytest.raises(FencedError):
+        store.save_log("e", 1, b"output")
+    assert not (tmp_path / "p.txt").exists()
+    assert not (tmp_path / "p.txt.d" / "snapshot.json").exists()

@@ -1,5 +1,6 @@
-"""A search for the fleet's safety rule (Hypothesis stateful test over batchrun/fleet.py, on a
-memory:// store with one simulated monotonic clock):
+"""A search for the fleet's safety rule, with Hypothesis, over batchrun/fleet.py.
+
+It runs on a memory:// store with one simulated monotonic clock. The rule:
 
     once any worker has judged a process dead (its attempts free to take), that process passes
     no further check before a write.
@@ -131,13 +132,15 @@ class FleetMachine(RuleBasedStateMachine):
         proc.fleet.leave()
         proc.left = True
 
-    @precondition(lambda self: len(self._running()) >= 1 and len(self.procs) >= 2)  # noqa: PLR2004
+    @precondition(lambda self: len(self._running()) >= 1 and len(self.procs) >= 2)
     @rule(data=st.data())
     def judge(self, data: st.DataObject) -> None:
         """An observer decides whether a process's attempts are still held."""
         observer = data.draw(st.sampled_from(self._running()))
         target = data.draw(st.sampled_from([p for p in self.procs if p is not observer]))
-        if target.left or target.fleet.worker == observer.fleet.worker and target.fleet.writer == observer.fleet.writer:
+        if target.left or (
+            target.fleet.worker == observer.fleet.worker and target.fleet.writer == observer.fleet.writer
+        ):
             return
         if not observer.fleet.holds(target.fleet.worker, target.fleet.writer) and target.judged_dead_at is None:
             target.judged_dead_at = self.clock.now

@@ -233,6 +233,8 @@ def test_a_stalled_worker_loses_its_evals_and_records_nothing_after_it_resumes(
     errors = [line for line in stderr.splitlines() if line.startswith("batchrun: error:")]
     assert len(errors) == 1
     assert "declared dead" in errors[0]
+    assert "Traceback" not in stderr  # e.g. from a log saved in the background after the fence
+    assert all(line.startswith(("{", "batchrun: error:")) for line in stderr.splitlines() if line), stderr[-2000:]
     assert "worker 'b'" in errors[0]
 
     assert sorted(stored_lines()) == evals
