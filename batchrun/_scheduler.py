@@ -54,7 +54,7 @@ class Scheduler:
         with self._cond:
             while not self.stop.is_set() and self._queue:
                 if self.fleet.others_live() and time.monotonic() - self._refreshed > REFRESH_S:
-                    self._refresh(light=True)
+                    self._refresh(light=self._refreshed > 0)
                 pick = self._pick()
                 if pick is not None:
                     self._queue.remove(pick)
@@ -66,9 +66,8 @@ class Scheduler:
             return None
 
     def give_back(self, name: str, epoch: int) -> None:
-        """A slot found the eval held elsewhere (or lost its claim, whose holder the ledger now
-        knows): keep it for later, look at the snapshot again before the next pick, and spread
-        out from the others. Reading every worker's events here made requests grow with W.
+        """A slot found the eval held elsewhere (or lost its claim): keep it for later, and look
+        at the store again before the next pick (others started meanwhile: spread out from them).
         """
         with self._cond:
             self._queue.append((name, epoch))
