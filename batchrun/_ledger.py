@@ -29,11 +29,6 @@ class Holder:
     writer: str
 
 
-def writer_of(attempt: Attempt) -> str:
-    """The process that wrote *attempt* (attempt ids are ``WRITER-K``)."""
-    return attempt.id.rsplit("-", 1)[0]
-
-
 class Ledger:
     """What one run knows of its records, and what it counts; thread-safe."""
 
@@ -81,32 +76,28 @@ class Ledger:
             if number > self._taken.get(name, (0, holder))[0]:
                 self._taken[name] = (number, holder)
 
-    def holder(self, name: str, epoch: int) -> tuple[Holder, Attempt | None] | None:
-        """Who holds *name* now, with the attempt that says so (None for a claim with no record
-        yet); None when nobody does: the newest attempt ended, other than by a failure with
-        attempts left.
+    def holder(self, name: str, epoch: int) -> Holder | None:
+        """Who holds *name* now: the winner of a claim newer than any record, or the writer of
+        the newest attempt while it runs or waits to retry; None when the newest attempt ended
+        other than by a failure with attempts left.
         """
         with self.lock:
             attempts = [a for a in self.state.of(name) if a.epoch == epoch]
             newest = attempts[-1] if attempts else None
             taken = self._taken.get(name)
         if taken is not None and (newest is None or newest.number < taken[0]):
-            return taken[1], None
+            return taken[1]
         if newest is None:
             return None
         if newest.outcome is None or (newest.outcome is Outcome.FAILED and not newest.final):
-            return Holder(newest.worker, writer_of(newest)), newest
+            return Holder(newest.worker, newest.writer)
         return None
 
     def settled(self, name: str, epoch: int) -> EvalState | None:
         """DONE or FAILED once the eval needs nothing more in round *epoch*; else None."""
         with self.lock:
-            attempts = self.state.of(name)
-        if any(a.outcome is Outcome.COMPLETED for a in attempts):
-            return EvalState.DONE
-        if any(a.final and a.epoch == epoch for a in attempts):
-            return EvalState.FAILED
-        return None
+            state = self.state.state(name, epoch)
+        return None if state is EvalState.PENDING else state
 
     def count_settled(self, name: str, state: EvalState) -> None:
         """Count an eval another worker settled."""

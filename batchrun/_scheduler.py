@@ -96,7 +96,7 @@ class Scheduler:
                 held = self.ledger.holder(name, epoch)
                 if held is None:
                     return item
-                if self.fleet.holds(held[0].worker, held[0].writer):
+                if self.fleet.holds(held.worker, held.writer):
                     continue
                 if refreshed:
                     return item

@@ -74,6 +74,11 @@ class Attempt:
         )
 
     @property
+    def writer(self) -> str:
+        """The process that wrote this attempt (attempt ids are ``WRITER-K``)."""
+        return self.id.rsplit("-", 1)[0]
+
+    @property
     def counts(self) -> bool:
         """Whether `status` counts this as an attempt (interrupted ones are shown apart)."""
         return self.outcome is not Outcome.INTERRUPTED
@@ -157,12 +162,14 @@ class RunState:
         """The newest --retry-failed round of *eval_name* (0 before any)."""
         return max((a.epoch for a in self.attempts.get(eval_name, {}).values()), default=0)
 
-    def state(self, eval_name: str) -> EvalState:
-        """Done once any attempt completed; failed once the newest round gave up; else pending."""
+    def state(self, eval_name: str, epoch: int | None = None) -> EvalState:
+        """Done once any attempt completed; failed once round *epoch* (by default the newest) gave
+        up; else pending.
+        """
         by_id = self.attempts.get(eval_name, {})
         if any(a.outcome is Outcome.COMPLETED for a in by_id.values()):
             return EvalState.DONE
-        epoch = self.epoch(eval_name)
+        epoch = self.epoch(eval_name) if epoch is None else epoch
         if any(a.final and a.epoch == epoch for a in by_id.values()):
             return EvalState.FAILED
         return EvalState.PENDING

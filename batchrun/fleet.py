@@ -74,6 +74,13 @@ def default_worker_id(env: Mapping[str, str] | None = None, host: str | None = N
     return f"{host}-{secrets.token_hex(3)}"
 
 
+def _name(worker: str) -> str:
+    """The name of *worker*'s heartbeat object in ``workers/``."""
+    from batchrun.progress import encode_key  # noqa: PLC0415 - progress imports this module
+
+    return f"{encode_key(worker)}.json"
+
+
 def check_worker_id(worker_id: str) -> str:
     """The id, or BadInputError: not blank, at most 100 characters, no ``/``, no control or
     line-breaking characters, valid Unicode (an undecodable byte of the command line is not).
@@ -132,12 +139,7 @@ class Fleet:
     @property
     def path(self) -> str:
         """The object of this worker's heartbeat."""
-        return self._path(self.worker)
-
-    def _path(self, worker: str) -> str:
-        from batchrun.progress import encode_key  # noqa: PLC0415 - progress imports this module
-
-        return f"{self.folder}/{encode_key(worker)}.json"
+        return f"{self.folder}/{_name(self.worker)}"
 
     # --- membership -----------------------------------------------------------------------
 
@@ -328,9 +330,7 @@ class Fleet:
                 return True
             return self._taken_over()  # an earlier holder of our id, or one that took our place just now
         self.observe()
-        from batchrun.progress import encode_key  # noqa: PLC0415
-
-        name = f"{encode_key(worker)}.json"
+        name = _name(worker)
         with self._lock:
             entry = self._seen.get(name)
             if entry is None:  # not in our last listing: it may have joined since
@@ -384,7 +384,7 @@ class Fleet:
         """How many other workers look alive now (from the last listing; nothing is read)."""
         with self._lock:
             now = time.monotonic()
-            mine = self.path.rsplit("/", 1)[-1]
+            mine = _name(self.worker)
             return sum(
                 1
                 for name, entry in self._seen.items()

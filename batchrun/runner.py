@@ -17,7 +17,7 @@ import structlog
 from batchrun._attempts import Attempts
 from batchrun._console import Console
 from batchrun._execution import ExecutionPolicy, Executor
-from batchrun._ledger import Holder, Ledger, writer_of
+from batchrun._ledger import Holder, Ledger
 from batchrun._policy import AloneGate, NextStep, next_step
 from batchrun._scheduler import Scheduler
 from batchrun._signals import StopRequest
@@ -81,7 +81,7 @@ class Runner:
         self.fleet.join(self.plan.grace)
         self.fleet.observe(force=True)
         self.ledger.load()
-        queue = self._queue(evals)
+        queue, lost_first = self._queue(evals)
         self.log.info(
             "run.started",
             total=len(evals),
@@ -98,7 +98,7 @@ class Runner:
         self.stop.on_stop(self._begin_stop)
         self.console.start_bar(done=self.ledger.done, total=len(evals))
         scheduler = Scheduler(self.ledger, self.fleet, queue, self.stop.requested)
-        scheduler.spread(first=sum(1 for item in queue if self._decide(*item)[0].alone))
+        scheduler.spread(first=lost_first)
         try:
             with (
                 self.fleet.beating(self._fenced, self._store_failed),
@@ -133,8 +133,10 @@ class Runner:
             self.log.info("run.finished", **fields)
         return summary
 
-    def _queue(self, evals: tuple[str, ...]) -> list[tuple[str, int]]:
-        """The evals to run, with their round; those whose last attempt was lost go first."""
+    def _queue(self, evals: tuple[str, ...]) -> tuple[list[tuple[str, int]], int]:
+        """The evals to run, with their round, and how many of them lead the queue because their
+        last attempt was lost.
+        """
         queue: list[tuple[str, int]] = []
         ledger = self.ledger
         for name in evals:
@@ -145,7 +147,10 @@ class Runner:
                 ledger.failed.append(name)
             else:
                 queue.append((name, ledger.state.epoch(name) + (1 if state is EvalState.FAILED else 0)))
-        return sorted(queue, key=lambda item: not self._decide(*item)[0].alone)
+        alone = [self._decide(*item)[0].alone for item in queue]
+        lost = [item for item, first in zip(queue, alone, strict=True) if first]
+        rest = [item for item, first in zip(queue, alone, strict=True) if not first]
+        return lost + rest, len(lost)
 
     def _run_slots(self, scheduler: Scheduler) -> None:
         """*jobs* slots, each taking the scheduler's next eval until none is left."""
@@ -226,12 +231,9 @@ class Runner:
         attempts = self.ledger.attempts(name, epoch)
         mine = self.executor.running_ids()
         running = mine | {
-            a.id
-            for a in attempts
-            if a.outcome is None and self.fleet.holds(a.worker, writer_of(a)) and a.id not in mine
+            a.id for a in attempts if a.outcome is None and self.fleet.holds(a.worker, a.writer) and a.id not in mine
         }
-        held = self.ledger.holder(name, epoch)
-        holder = held[0] if held is not None else None
+        holder = self.ledger.holder(name, epoch)
         if holder is not None and (
             holder.writer == self.store.writer or not self.fleet.holds(holder.worker, holder.writer)
         ):

@@ -21,7 +21,6 @@ from enum import StrEnum
 from typing import Any, TextIO
 
 from batchrun._fleet_view import WorkerView, format_age, view_workers, workers_table
-from batchrun._ledger import writer_of
 from batchrun._state import Attempt, EvalState, Outcome, RunState
 from batchrun.fleet import Heartbeat
 
@@ -188,7 +187,7 @@ def _open_attempt(state: RunState, name: str) -> Attempt | None:
 def _with_worker(row: EvalStatus, attempt: Attempt | None, holders: dict[tuple[str, str], WorkerView]) -> EvalStatus:
     if attempt is None:
         return row
-    holder = holders.get((attempt.worker, writer_of(attempt)))
+    holder = holders.get((attempt.worker, attempt.writer))
     if holder is not None:
         return replace(row, worker=holder.id, last_seen_s=holder.last_seen_s)
     return replace(row, lost_with=attempt.worker) if attempt.worker else row
