@@ -5,12 +5,10 @@ and turns BatchrunError into one line on stderr and the error's exit code.
 from __future__ import annotations
 
 import contextlib
-import enum
-import json
 import math
 import signal
 import sys
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from typer.exceptions import TyperException
@@ -19,10 +17,20 @@ from batchrun import errors
 from batchrun._console import Console
 from batchrun._identity import RunIdentity
 from batchrun._logging import LogFormat, configure_logging
+from batchrun._options import (
+    LogFormatOpt,
+    ProgressOpt,
+    RegistryOpt,
+    StopSignal,
+    StorageOpt,
+    check_numbers,
+    locate,
+    parse_storage_options,
+)
 from batchrun._signals import StopRequest, reset_inherited_signals
 from batchrun.command import DEFAULT_COMMAND, CommandTemplate
-from batchrun.errors import BadInputError, BatchrunError, EvalSetError, ProgressLocationError, StoppedError
-from batchrun.evalset import EvalSet, load_eval_set
+from batchrun.errors import BadInputError, BatchrunError, StoppedError
+from batchrun.evalset import load_eval_set
 from batchrun.fleet import HEARTBEAT_S, WORKER_TIMEOUT_S, check_timing, check_worker_id, default_worker_id
 from batchrun.location import resolve_location
 from batchrun.plan import RunPlan
@@ -38,65 +46,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-class StopSignal(enum.StrEnum):
-    """--stop-signal values."""
-
-    TERM = "TERM"
-    INT = "INT"
-    HUP = "HUP"
-    QUIT = "QUIT"
-    USR1 = "USR1"
-    USR2 = "USR2"
-
-
-ProgressOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--progress",
-        envvar="BATCHRUN_PROGRESS",
-        help="Progress file URI (local path, s3://..., any fsspec URL); a trailing / names a folder. "
-        "Default {model}.{eval_set}.progress.txt in $XDG_STATE_HOME/batchrun/ if set, else /tmp/batchrun-UID/.",
-        show_default=False,
-    ),
-]
-StorageOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--storage-options",
-        envvar="BATCHRUN_STORAGE_OPTIONS",
-        help='fsspec storage options as JSON, e.g. \'{"client_kwargs": {"endpoint_url": "http://..."}}\'.',
-        show_default=False,
-    ),
-]
-RegistryOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--registry-path",
-        envvar="BATCHRUN_REGISTRY_PATH",
-        help="Folder with eval_sets/*.yaml to look set names up in (repeatable).",
-        show_default=False,
-    ),
-]
-LogFormatOpt = Annotated[
-    LogFormat,
-    typer.Option("--log-format", envvar="BATCHRUN_LOG_FORMAT", help="Log lines as JSON or for a terminal."),
-]
-
-
-def _storage_options(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        options = json.loads(text)
-    except ValueError as exc:
-        msg = f"--storage-options is not valid JSON: {exc}"
-        raise ProgressLocationError(msg) from None
-    if not isinstance(options, dict):
-        msg = "--storage-options must be a JSON object"
-        raise ProgressLocationError(msg)
-    return options
 
 
 @app.command()
@@ -216,11 +165,11 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     configure_logging(console, log_format, terminal=sys.stderr.isatty())
     if max_lost < 1:
         raise BadInputError(f"--max-lost must be at least 1, got {max_lost}")
-    _check_numbers(jobs=jobs, max_attempts=max_attempts, retry_backoff=retry_backoff, grace=grace, timeout=eval_timeout)
+    check_numbers(jobs=jobs, max_attempts=max_attempts, retry_backoff=retry_backoff, grace=grace, timeout=eval_timeout)
     check_timing(heartbeat, worker_timeout)
     worker = check_worker_id(default_worker_id() if worker_id is None else worker_id)
     template = CommandTemplate.parse(command, tuple(extra_args or ()))
-    options = _storage_options(storage_options)
+    options = parse_storage_options(storage_options)
     evals = load_eval_set(eval_set, registry_path or ())
     template.check_eval_names(evals.evals)
     template.check_program(model=model, eval_name=evals.evals[0], eval_set=evals.name)
@@ -250,43 +199,6 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     raise typer.Exit(summary.exit_code)
 
 
-def _check_numbers(*, jobs: int, max_attempts: int, retry_backoff: float, grace: float, timeout: float | None) -> None:
-    problems = [
-        (jobs < 1, f"--jobs must be at least 1, got {jobs}"),
-        (max_attempts < 1, f"--max-attempts must be at least 1, got {max_attempts}"),
-        (not math.isfinite(retry_backoff), f"--retry-backoff must be a finite number, got {retry_backoff}"),
-        (retry_backoff < 0, f"--retry-backoff can't be negative, got {retry_backoff:g}"),
-        (not math.isfinite(grace), f"--grace must be a finite number, got {grace}"),
-        (grace < 0, f"--grace can't be negative, got {grace:g}"),
-        (timeout is not None and not math.isfinite(timeout), f"--eval-timeout must be a finite number, got {timeout}"),
-        (timeout is not None and timeout <= 0, f"--eval-timeout must be positive, got {timeout}"),
-    ]
-    for bad, msg in problems:
-        if bad:
-            raise BadInputError(msg)
-
-
-def _locate(
-    model: str | None, eval_set: str | None, progress: str | None, storage_options: str | None, registry: list[str]
-) -> tuple[ProgressStore, EvalSet | None, str | None]:
-    """The store that MODEL/EVAL_SET/--progress name, and the eval set where it can be loaded."""
-    options = _storage_options(storage_options)
-    if eval_set is None and progress is None:
-        msg = "give MODEL and EVAL_SET, or --progress"
-        raise BadInputError(msg)
-    evals: EvalSet | None = None
-    set_name = eval_set
-    if eval_set is not None:
-        try:
-            evals = load_eval_set(eval_set, registry)
-            set_name = evals.name
-        except EvalSetError:
-            if progress is None and ("/" in eval_set or "#" in eval_set):
-                raise
-    location = resolve_location(progress, model=model or "", eval_set=set_name or "")
-    return ProgressStore.open(location, options), evals, set_name
-
-
 @app.command()
 def status(  # noqa: PLR0913
     model: Annotated[str | None, typer.Argument(help="Model name (optional with --progress).")] = None,
@@ -306,7 +218,7 @@ def status(  # noqa: PLR0913
     if watch_ and not 0 < interval < math.inf:
         msg = f"--interval must be a positive number of seconds, got {interval:g}"
         raise BadInputError(msg)
-    store, evals, set_name = _locate(model, eval_set, progress, storage_options, registry_path or [])
+    store, evals, set_name = locate(model, eval_set, progress, storage_options, registry_path or [])
     identity = store.identity()
     if evals is None and identity is None and not store.exists():
         msg = f"no batchrun progress at {store.location.uri}"
@@ -345,7 +257,7 @@ def reset(  # noqa: PLR0913
     ] = False,
 ) -> None:
     """Delete this run's progress (asks first unless --yes)."""
-    store, _, _ = _locate(model, eval_set, progress, storage_options, registry_path or [])
+    store, _, _ = locate(model, eval_set, progress, storage_options, registry_path or [])
     uri = store.location.uri
     if not store.exists():
         typer.echo(f"nothing stored at {uri}")
@@ -376,7 +288,7 @@ def logs(  # noqa: PLR0913
     registry_path: RegistryOpt = None,
 ) -> None:
     """Print the saved output of one attempt of an eval, even from a pod that is gone."""
-    store, _, _ = _locate(model, eval_set, progress, storage_options, registry_path or [])
+    store, _, _ = locate(model, eval_set, progress, storage_options, registry_path or [])
     numbers = store.logged_attempts(eval_name)
     if attempt is None:
         if not numbers:

@@ -281,7 +281,7 @@ import batchrun.cli
 def _bug(*args, **kwargs):
     raise RuntimeError("injected bug\\nsecond line")
 
-batchrun.cli.load_eval_set = batchrun.cli._locate = _bug
+batchrun.cli.load_eval_set = batchrun.cli.locate = _bug
 """
 
 

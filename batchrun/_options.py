@@ -1,0 +1,114 @@
+"""The options the commands share, as Typer annotations, and the checks and look-ups behind
+them: storage options from JSON, the numbers `run` takes, the store a command names.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from typing import Annotated, Any
+
+import typer
+
+from batchrun._logging import LogFormat
+from batchrun.errors import BadInputError, EvalSetError, ProgressLocationError
+from batchrun.evalset import EvalSet, load_eval_set
+from batchrun.location import resolve_location
+from batchrun.progress import ProgressStore
+
+
+class StopSignal(enum.StrEnum):
+    """--stop-signal values."""
+
+    TERM = "TERM"
+    INT = "INT"
+    HUP = "HUP"
+    QUIT = "QUIT"
+    USR1 = "USR1"
+    USR2 = "USR2"
+
+
+ProgressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--progress",
+        envvar="BATCHRUN_PROGRESS",
+        help="Progress file URI (local path, s3://..., any fsspec URL); a trailing / names a folder. "
+        "Default {model}.{eval_set}.progress.txt in $XDG_STATE_HOME/batchrun/ if set, else /tmp/batchrun-UID/.",
+        show_default=False,
+    ),
+]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage-options",
+        envvar="BATCHRUN_STORAGE_OPTIONS",
+        help='fsspec storage options as JSON, e.g. \'{"client_kwargs": {"endpoint_url": "http://..."}}\'.',
+        show_default=False,
+    ),
+]
+RegistryOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--registry-path",
+        envvar="BATCHRUN_REGISTRY_PATH",
+        help="Folder with eval_sets/*.yaml to look set names up in (repeatable).",
+        show_default=False,
+    ),
+]
+LogFormatOpt = Annotated[
+    LogFormat,
+    typer.Option("--log-format", envvar="BATCHRUN_LOG_FORMAT", help="Log lines as JSON or for a terminal."),
+]
+
+
+def parse_storage_options(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except ValueError as exc:
+        msg = f"--storage-options is not valid JSON: {exc}"
+        raise ProgressLocationError(msg) from None
+    if not isinstance(options, dict):
+        msg = "--storage-options must be a JSON object"
+        raise ProgressLocationError(msg)
+    return options
+
+
+def check_numbers(*, jobs: int, max_attempts: int, retry_backoff: float, grace: float, timeout: float | None) -> None:
+    problems = [
+        (jobs < 1, f"--jobs must be at least 1, got {jobs}"),
+        (max_attempts < 1, f"--max-attempts must be at least 1, got {max_attempts}"),
+        (not math.isfinite(retry_backoff), f"--retry-backoff must be a finite number, got {retry_backoff}"),
+        (retry_backoff < 0, f"--retry-backoff can't be negative, got {retry_backoff:g}"),
+        (not math.isfinite(grace), f"--grace must be a finite number, got {grace}"),
+        (grace < 0, f"--grace can't be negative, got {grace:g}"),
+        (timeout is not None and not math.isfinite(timeout), f"--eval-timeout must be a finite number, got {timeout}"),
+        (timeout is not None and timeout <= 0, f"--eval-timeout must be positive, got {timeout}"),
+    ]
+    for bad, msg in problems:
+        if bad:
+            raise BadInputError(msg)
+
+
+def locate(
+    model: str | None, eval_set: str | None, progress: str | None, storage_options: str | None, registry: list[str]
+) -> tuple[ProgressStore, EvalSet | None, str | None]:
+    """The store that MODEL/EVAL_SET/--progress name, and the eval set where it can be loaded."""
+    options = parse_storage_options(storage_options)
+    if eval_set is None and progress is None:
+        msg = "give MODEL and EVAL_SET, or --progress"
+        raise BadInputError(msg)
+    evals: EvalSet | None = None
+    set_name = eval_set
+    if eval_set is not None:
+        try:
+            evals = load_eval_set(eval_set, registry)
+            set_name = evals.name
+        except EvalSetError:
+            if progress is None and ("/" in eval_set or "#" in eval_set):
+                raise
+    location = resolve_location(progress, model=model or "", eval_set=set_name or "")
+    return ProgressStore.open(location, options), evals, set_name
