@@ -82,14 +82,14 @@ def _first_deleted(environ: dict[str, Any], bucket: str) -> str:
 
 
 @contextlib.contextmanager
-def counting_moto() -> Iterator[str]:
-    """A counting moto server in a process of its own; yields its URL."""
+def server_process(command: list[str]) -> Iterator[str]:
+    """An S3 server started as ``command + [PORT]`` on a free port of 127.0.0.1, once it answers
+    moto's API; yields its URL and stops it afterwards.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "serve", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    proc = subprocess.Popen([*command, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -106,6 +106,11 @@ def counting_moto() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait()
+
+
+def counting_moto() -> contextlib.AbstractContextManager[str]:
+    """A counting moto server in a process of its own; yields its URL."""
+    return server_process([sys.executable, __file__, "serve"])
 
 
 # --- requests ---------------------------------------------------------------------------------

@@ -20,14 +20,13 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,31 +81,9 @@ def check(samples: list[Sample], what: str) -> None:
 # --- the S3 server ----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait()
+def moto_server() -> contextlib.AbstractContextManager[str]:
+    """Moto's own server in a process of its own; yields its URL."""
+    return fleet.server_process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p"])
 
 
 def reset_s3(url: str) -> None:
