@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +109,14 @@ def executions(journal: Path) -> list[Execution]:
         elif int(pid) in runs:
             runs[int(pid)].end = float(when)
     return list(runs.values())
+
+
+def until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Poll *condition* until it holds; fail with *what* after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
 
 
 def make_fleet(tmp: Path, s3_env: dict[str, str], evals: list[str], *options: str, seconds: str = "") -> Fleet:
@@ -214,18 +223,15 @@ def test_a_stalled_worker_loses_its_evals_and_records_nothing_after_it_resumes(
     fleet = make_fleet(tmp_path, s3_env, evals, *options, seconds="1.0")
     stalled = fleet.start("a")
     journal = tmp_path / "journal"
-    deadline = time.monotonic() + 30
-    while not any(r.parent == stalled.pid for r in executions(journal)):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    until(lambda: any(r.parent == stalled.pid for r in executions(journal)), "the worker never started an eval")
     stalled.send_signal(signal.SIGSTOP)
     stopped_at = time.time()
     (held,) = [r.eval for r in executions(journal) if r.parent == stalled.pid]
     other = fleet.start("b")
-    deadline = time.monotonic() + 30
-    while not any(r.eval == held and r.parent == other.pid for r in executions(journal)):
-        assert time.monotonic() < deadline, "the stalled worker's eval was never taken"
-        time.sleep(0.05)
+    until(
+        lambda: any(r.eval == held and r.parent == other.pid for r in executions(journal)),
+        "the stalled worker's eval was never taken",
+    )
     stalled.send_signal(signal.SIGCONT)
     assert stalled.wait(timeout=30) == EXIT_FENCED
     assert other.wait(timeout=60) == 0
@@ -257,10 +263,7 @@ def test_two_live_processes_with_one_worker_id_never_run_an_eval_at_once(
     fleet = make_fleet(tmp_path, s3_env, evals, *options, seconds="1.5")
     older = fleet.start("same")
     journal = tmp_path / "journal"
-    deadline = time.monotonic() + 30
-    while sum(1 for r in executions(journal) if r.parent == older.pid) < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    until(lambda: sum(1 for r in executions(journal) if r.parent == older.pid) >= 2, "two evals never started")
     newer = fleet.start("same")
     assert older.wait(timeout=30) == EXIT_FENCED
     assert newer.wait(timeout=90) == 0
