@@ -115,9 +115,12 @@ class FsspecBackend:
                 self.fs.rmdir(path)
 
     def _check_own_write(self, path: str, data: bytes) -> None:
-        """A create that answers 'exists' may be our own retried write: compare, don't assume."""
+        """A create that answers 'exists' may be our own retried write: compare, don't assume.
+        Gone again by now, it was written and then deleted: create-only objects here are deleted
+        only after being folded (events) or by a reset, so our write landed (a lost reply).
+        """
         existing = self.read(path)
-        if existing is None or existing.data != data:
+        if existing is not None and existing.data != data:
             msg = f"{path} already exists with other content"
             raise ConflictError(msg)
 

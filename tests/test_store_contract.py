@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from helpers import open_store
+from helpers import BUCKET, open_store
 
 from batchrun import Outcome, RunIdentity, RunIdentityError
 from batchrun._state import EvalState
@@ -197,6 +197,27 @@ def test_create_that_finds_its_own_bytes_is_success(progress_uri: str) -> None:
 
     with pytest.raises(ConflictError):
         store.backend.create(path, b"{other}", durable=True)
+
+
+@pytest.mark.usefixtures("s3")
+def test_create_whose_object_was_folded_away_before_the_check_is_success() -> None:
+    """A create-only PUT applied but whose reply was lost is sent again and refused (412); by
+    the time we read the object to compare, a compactor may have folded and deleted it. It was
+    written: no error (found by the fault torture in CI: "already exists with other content").
+    """
+    store = open_store(f"s3://{BUCKET}/folded/p.txt")
+    backend = store.backend
+    path = f"{store.location.events}/000000000000-000000001.json"
+    fs = backend.fs  # type: ignore[attr-defined]
+    real = fs.pipe_file
+
+    def applied_then_folded(target: str, data: bytes, **kwargs: object) -> object:
+        real(target, data, **kwargs)  # the PUT lands...
+        fs.rm_file(target)  # ...a compactor folds it and deletes it...
+        raise FileExistsError(target)  # ...and our retry of the lost reply was refused
+
+    fs.pipe_file = applied_then_folded
+    backend.create(path, b"{}", durable=True)
 
 
 def test_stale_replace_is_a_conflict_unless_it_holds_our_bytes(progress_uri: str) -> None:
