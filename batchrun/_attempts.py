@@ -4,19 +4,23 @@ failed with its last output, interrupted by a stop) and its output saved beside 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 
 import structlog
 
 from batchrun._console import Console
 from batchrun._execution import Executor, Result
 from batchrun._ledger import Ledger
-from batchrun._state import Attempt, Outcome
+from batchrun._state import Attempt, Outcome, RunState
 from batchrun.errors import FencedError, StoreError
 from batchrun.plan import RunPlan
 from batchrun.progress import ProgressStore
+from batchrun.results import keep, keep_unkept
+from batchrun.state import EvalFolder, StateKeeper
 
 Log = structlog.typing.FilteringBoundLogger
 
@@ -34,6 +38,7 @@ class Attempts:
         console: Console,
         stopping: Callable[[], bool],
         log: Log,
+        states: StateKeeper | None = None,
     ) -> None:
         """Record through *ledger*; *stopping* says whether the run is stopping."""
         self.plan = plan
@@ -45,26 +50,41 @@ class Attempts:
         self.log = log
         self.savers: list[threading.Thread] = []  # logs saved in the background during a stop
         self.completed = 0  # completions of this process, acknowledged
+        self.states = states
 
     def run(self, attempt: Attempt, failures: int, *, after_lost: bool) -> bool | None:
         """Run one claimed attempt and record how it ended: True when the eval needs no further
         attempt now, False to retry, None when the run stopped before it started.
         """
+        if self.states is None:
+            return self._run(attempt, failures, None, after_lost=after_lost)
+        with self.states.folder(attempt) as folder:  # restored from the store
+            return self._run(attempt, failures, folder, after_lost=after_lost)
+
+    def _run(self, attempt: Attempt, failures: int, folder: EvalFolder | None, *, after_lost: bool) -> bool | None:
         log = self.log.bind(eval=attempt.eval, attempt=attempt.number)
         argv = self.plan.template.render(
-            model=self.plan.model, eval_name=attempt.eval, eval_set=self.plan.eval_set.name, attempt=attempt.number
+            model=self.plan.model,
+            eval_name=attempt.eval,
+            eval_set=self.plan.eval_set.name,
+            attempt=attempt.number,
+            state="" if folder is None else folder.local,
         )
         # "alone" is news only when the eval runs alone because its last attempt was lost.
         log.info("eval.started", command=argv, **({"alone": True} if after_lost else {}))
         started = time.monotonic()
-        result = self.executor.execute(attempt, argv)
+        with contextlib.nullcontext() if folder is None else folder.syncing():
+            result = self.executor.execute(attempt, argv, None if folder is None else {"BATCHRUN_STATE": folder.local})
         duration = round(time.monotonic() - started, 3)
         if result is None:  # the run is stopping: this attempt never started
             self.ledger.record_soon(attempt.finished(Outcome.INTERRUPTED, exit_code=None, reason="stopping"))
             return None
         with self.ledger.lock:
             self.ledger.ran += 1
-        finished = self._finish(attempt, result, failures + 1, duration, log)
+        completed = result.exit_code == 0 and not result.timed_out and not result.interrupted
+        if folder is not None and not self._last_sync(folder, completed=completed, log=log):
+            return True  # another process holds this worker's place: nothing more is ours to record
+        finished, written = self._finish(attempt, result, failures + 1, duration, log)
         if result.output:  # after the outcome is recorded: a log that can't be saved loses nothing
             if self._stopping():  # don't let a failing store hold up the stop
                 saving = threading.Thread(target=self._save_log, args=(attempt, result.output, log), daemon=True)
@@ -72,7 +92,53 @@ class Attempts:
                 self.savers.append(saving)  # the final write waits for it, within its bound
             else:
                 self._save_log(attempt, result.output, log)
+        if folder is not None and written is not None:
+            self._keep_results(attempt, folder, written, log)
         return finished
+
+    def _last_sync(self, folder: EvalFolder, *, completed: bool, log: Log) -> bool:
+        """The attempt's last sync, once its process has ended (also after a stop or a timeout).
+        The state of a completion must be stored before the completion is: a store that fails
+        then fails the run (the eval reruns from its last sync). False when fenced.
+        """
+        try:
+            folder.sync(force=completed)
+        except FencedError:
+            return False
+        except StoreError as exc:
+            if completed:
+                raise
+            log.warning("state.sync_failed", error=str(exc))
+        return True
+
+    def _keep_results(self, attempt: Attempt, folder: EvalFolder, written: Future[None], log: Log) -> None:
+        """Once the completion is durable: its state becomes the eval's results (a failure here is
+        finished by the next run, results.keep_unkept); the local folder goes.
+        """
+        self.store.flush()  # the completion goes out now, not with the next eval's start
+        if written.exception() is not None:
+            return  # not recorded (the run stops): the state stays, and the eval reruns from it
+        try:
+            kept = keep(self.store, attempt.eval, attempt.number)
+        except StoreError as exc:
+            log.warning("state.results_not_kept", error=str(exc))
+            return
+        except FencedError:
+            return
+        log.info("state.results_kept", files=kept)
+        folder.forget_local()
+
+    def tidy(self, state: RunState, evals: tuple[str, ...]) -> None:
+        """At start-up: finish keeping the results of completions whose keeping a kill cut short."""
+        if self.states is None:
+            return
+        try:
+            kept = keep_unkept(self.store, state, evals)
+        except StoreError as exc:
+            self.log.warning("state.results_not_kept", error=str(exc))
+            return
+        if kept:
+            self.log.info("state.results_kept", evals=len(kept), after="an interrupted keep")
 
     def _save_log(self, attempt: Attempt, output: bytes, log: Log) -> None:
         try:
@@ -82,13 +148,17 @@ class Attempts:
         except FencedError:
             pass  # another process holds this worker's place: nothing more is ours to write
 
-    def _finish(self, attempt: Attempt, result: Result, attempts: int, duration: float, log: Log) -> bool:
-        """Record how an attempt ended; True when the eval needs no further attempt now."""
+    def _finish(
+        self, attempt: Attempt, result: Result, attempts: int, duration: float, log: Log
+    ) -> tuple[bool, Future[None] | None]:
+        """Record how an attempt ended: whether the eval needs no further attempt now, and for a
+        completion, the future that resolves once it is durable.
+        """
         total = len(self.plan.eval_set.evals)
         if result.interrupted:
             self.ledger.record_soon(attempt.finished(Outcome.INTERRUPTED, exit_code=result.exit_code, reason="stopped"))
             log.warning("eval.interrupted", exit_code=result.exit_code, duration_s=duration)
-            return True
+            return True, None
         if result.exit_code == 0 and not result.timed_out:
             # Written with the next attempt's start (group commit); acknowledged once durable.
             def acknowledged(done: int) -> None:
@@ -96,8 +166,8 @@ class Attempts:
                 log.info("eval.completed", exit_code=0, duration_s=duration, done=done, total=total)
                 self.console.update_bar(done)
 
-            self.ledger.record_completion(attempt.finished(Outcome.COMPLETED, exit_code=0), acknowledged)
-            return True
+            written = self.ledger.record_completion(attempt.finished(Outcome.COMPLETED, exit_code=0), acknowledged)
+            return True, written
         final = attempts >= self.plan.max_attempts
         self.ledger.record(
             attempt.finished(
@@ -118,7 +188,7 @@ class Attempts:
             total=total,
             last_output=list(result.tail[-5:]),
         )
-        return final
+        return final, None
 
     def give_up(self, record: Attempt, failures: int) -> None:
         """Record an eval as failed whose attempts are used up, or that kept killing its pod."""

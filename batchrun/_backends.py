@@ -74,6 +74,22 @@ class Backend(Protocol):
     def delete_tree(self, path: str) -> None:
         """Delete *path* and everything under *path*, if any."""
 
+    # Whole files of an eval's state folder (batchrun/state.py), streamed, never held in memory.
+
+    def files(self, folder: str) -> dict[str, int]:
+        """Every object under *folder* at any depth (dot-names too), by its '/'-separated path
+        relative to *folder*, with its size; {} if there is none.
+        """
+
+    def upload(self, local: str, path: str) -> None:
+        """Replace *path* whole with the content of the local file *local*."""
+
+    def download(self, path: str, local: str) -> None:
+        """Write the content of *path* to the local file *local* (FileNotFoundError if gone)."""
+
+    def copy(self, source: str, path: str) -> None:
+        """Replace *path* whole with a copy of *source* (on S3 a server-side copy)."""
+
 
 def hash_tag(data: bytes) -> str:
     return hashlib.sha1(data, usedforsecurity=False).hexdigest()

@@ -76,9 +76,11 @@ class Executor:
         with self._lock:
             return [entry.eval for entry in self._running.values()]
 
-    def execute(self, attempt: Attempt, argv: list[str]) -> Result | None:
-        """Run one attempt in its own process group; None if the run began stopping first."""
-        env = {**self._env, "BATCHRUN_EVAL": attempt.eval, "BATCHRUN_ATTEMPT": str(attempt.number)}
+    def execute(self, attempt: Attempt, argv: list[str], env: dict[str, str] | None = None) -> Result | None:
+        """Run one attempt in its own process group (with *env* added to the run's environment);
+        None if the run began stopping first.
+        """
+        env = {**self._env, "BATCHRUN_EVAL": attempt.eval, "BATCHRUN_ATTEMPT": str(attempt.number), **(env or {})}
         with self._lock:  # no process starts once the stop has taken its list of running ones
             if self.stop.requested.is_set():
                 return None

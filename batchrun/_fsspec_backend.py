@@ -114,6 +114,34 @@ class FsspecBackend:
             with contextlib.suppress(FileNotFoundError, OSError):
                 self.fs.rmdir(path)
 
+    def files(self, folder: str) -> dict[str, int]:
+        root = self.fs._strip_protocol(folder).rstrip("/") + "/"  # noqa: SLF001 - fsspec's own path form
+        with translated(self, "list", folder):
+            try:
+                found = self.fs.find(folder, detail=True)  # a walk by listings: literal
+            except FileNotFoundError:
+                return {}
+        return {
+            name[len(root) :]: int(info.get("size") or 0)
+            for name, info in found.items()
+            if name.startswith(root) and info.get("type") != "directory"
+        }
+
+    def upload(self, local: str, path: str) -> None:
+        with translated(self, "upload", path):
+            try:
+                retrying(self, "upload", path, lambda: self.fs.put_file(local, path))
+            except FileNotFoundError as exc:
+                raise _no_bucket(self, path) from exc
+
+    def download(self, path: str, local: str) -> None:
+        with translated(self, "download", path):
+            retrying(self, "download", path, lambda: self.fs.get_file(path, local))
+
+    def copy(self, source: str, path: str) -> None:
+        with translated(self, "copy", path):
+            retrying(self, "copy", path, lambda: self.fs.cp_file(source, path))
+
     def _check_own_write(self, path: str, data: bytes) -> None:
         """A create that answers 'exists' may be our own retried write: compare, don't assume.
         Gone again by now, it was written and then deleted: create-only objects here are deleted
@@ -205,17 +233,25 @@ class S3Backend(FsspecBackend):
     def markers(self, folder: str) -> dict[str, str]:
         bucket, key, _ = self.fs.split_path(folder)
         prefix = key.rstrip("/") + "/"
-        etags: dict[str, str] = {}
+        items: dict[str, dict[str, Any]] = {}
         with translated(self, "list", folder):
-            retrying(self, "list", folder, lambda: self._sync(self._list(bucket, prefix, "/", etags)))
-        found = {k[len(prefix) :]: tag for k, tag in etags.items()}
+            retrying(self, "list", folder, lambda: self._sync(self._list(bucket, prefix, "/", items)))
+        found = {k[len(prefix) :]: str(item.get("ETag", "")) for k, item in items.items()}
         return {name: tag for name, tag in found.items() if name and not name.startswith(".")}
 
+    def files(self, folder: str) -> dict[str, int]:
+        bucket, key, _ = self.fs.split_path(folder)
+        prefix = key.rstrip("/") + "/"
+        items: dict[str, dict[str, Any]] = {}
+        with translated(self, "list", folder):
+            retrying(self, "list", folder, lambda: self._sync(self._list(bucket, prefix, None, items)))
+        return {k[len(prefix) :]: int(item.get("Size", 0)) for k, item in items.items() if len(k) > len(prefix)}
+
     async def _list(
-        self, bucket: str, prefix: str, delimiter: str | None, etags: dict[str, str] | None = None
+        self, bucket: str, prefix: str, delimiter: str | None, items: dict[str, dict[str, Any]] | None = None
     ) -> list[str]:
         """Every key (and, with a delimiter, sub-folder) under *prefix*, following continuations;
-        each key's ETag goes into *etags* if given.
+        each key's listing entry (ETag, Size) goes into *items* if given.
         """
         keys: list[str] = []
         token: str | None = None
@@ -229,8 +265,8 @@ class S3Backend(FsspecBackend):
                 **({} if token is None else {"ContinuationToken": token}),
             )
             keys.extend(item["Key"] for item in page.get("Contents", ()))
-            if etags is not None:
-                etags.update((item["Key"], str(item.get("ETag", ""))) for item in page.get("Contents", ()))
+            if items is not None:
+                items.update((item["Key"], item) for item in page.get("Contents", ()))
             keys.extend(item["Prefix"] for item in page.get("CommonPrefixes", ()))
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:

@@ -126,9 +126,10 @@ class Ledger:
         self.store.record_later(attempt)
         self.remember(attempt)
 
-    def record_completion(self, ended: Attempt, acknowledged: Callable[[int], None]) -> None:
+    def record_completion(self, ended: Attempt, acknowledged: Callable[[int], None]) -> Future[None]:
         """Queue a completion (it goes out with the next write); once durable, count it done and
-        call *acknowledged* with the new count. A write that fails stops the run.
+        call *acknowledged* with the new count. A write that fails stops the run. The future
+        resolves once the completion is durable.
         """
         written = self.store.record_later(ended)
         self.remember(ended)
@@ -148,6 +149,7 @@ class Ledger:
                 self._acks.notify_all()
 
         written.add_done_callback(done)
+        return written
 
     def check_written(self, written: Future[None]) -> None:
         """A record the store failed to take stops the run (and fails it, with exit 3)."""

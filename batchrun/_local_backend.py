@@ -19,6 +19,7 @@ import stat
 import threading
 import uuid
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from batchrun._backends import Blob, hash_tag, translated
 from batchrun.errors import ConflictError, StoreError
@@ -128,6 +129,67 @@ class LocalBackend:
         folder, name = os.path.split(path)
         with translated(self, "delete", path), contextlib.suppress(FileNotFoundError), _folder(folder) as fd:
             shutil.rmtree(name, dir_fd=fd)  # fd-based: never descends through a link
+
+    def files(self, folder: str) -> dict[str, int]:
+        found: dict[str, int] = {}
+        with translated(self, "list", folder):
+            try:
+                with _folder(folder, create=False, listable=True) as fd:
+                    for parent, _, names, parent_fd in os.fwalk(".", dir_fd=fd, follow_symlinks=False):
+                        for name in names:
+                            with contextlib.suppress(FileNotFoundError):
+                                st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+                                if stat.S_ISREG(st.st_mode) and not _is_tmp(name):
+                                    found[os.path.normpath(os.path.join(parent, name))] = st.st_size
+            except FileNotFoundError:
+                return {}
+        return found
+
+    def upload(self, local: str, path: str) -> None:
+        folder, name = os.path.split(path)
+        with translated(self, "upload", path), open(local, "rb") as source, _folder(folder, create=True) as fd:
+            _replace_from(fd, name, source)
+
+    def download(self, path: str, local: str) -> None:
+        folder, name = os.path.split(path)
+        with (
+            translated(self, "download", path),
+            _folder(folder) as fd,
+            open(_open_at(fd, name, _READ, path=folder), "rb") as source,
+            open(local, "wb") as target,
+        ):
+            shutil.copyfileobj(source, target)
+
+    def copy(self, source: str, path: str) -> None:
+        src_folder, src_name = os.path.split(source)
+        folder, name = os.path.split(path)
+        with (
+            translated(self, "copy", path),
+            _folder(src_folder) as src_fd,
+            open(_open_at(src_fd, src_name, _READ, path=src_folder), "rb") as data,
+            _folder(folder, create=True) as fd,
+        ):
+            _replace_from(fd, name, data)
+
+
+def _is_tmp(name: str) -> bool:
+    return name.startswith(_TMP_PREFIX) and len(name) == len(_TMP_PREFIX) + 32
+
+
+def _replace_from(fd: int, name: str, source: BinaryIO) -> None:
+    """Replace *name* in folder *fd* atomically with what *source* holds, streamed and fsynced."""
+    tmp = f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+    try:
+        with open(os.open(tmp, _NEW, FILE_MODE, dir_fd=fd), "wb") as target:
+            shutil.copyfileobj(source, target)
+            target.flush()
+            os.fsync(target.fileno())
+        os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=fd)
+        raise
+    os.fsync(fd)
 
 
 @contextlib.contextmanager

@@ -7,15 +7,20 @@ from __future__ import annotations
 import enum
 import json
 import math
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from batchrun._logging import LogFormat
+from batchrun.command import CommandTemplate
 from batchrun.errors import BadInputError, EvalSetError, ProgressLocationError
 from batchrun.evalset import EvalSet, load_eval_set
-from batchrun.location import resolve_location
+from batchrun.location import default_state_root, resolve_location
+from batchrun.plan import StateConfig
 from batchrun.progress import ProgressStore
+
+MIN_STATE_SYNC_S = 0.1
 
 
 class StopSignal(enum.StrEnum):
@@ -57,6 +62,39 @@ RegistryOpt = Annotated[
         show_default=False,
     ),
 ]
+StateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--state",
+        # Not BATCHRUN_STATE: that name is what every eval receives (its state folder).
+        envvar="BATCHRUN_USE_STATE",
+        help="Give every eval a state folder ($BATCHRUN_STATE), as a command using {state} has.",
+    ),
+]
+StateRootOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--state-root",
+        envvar="BATCHRUN_STATE_ROOT",
+        help="Local folder for evals' state folders (on Kubernetes the pod's emptyDir). "
+        "Default /tmp/batchrun-UID/state ($TMPDIR instead of /tmp when set).",
+        show_default=False,
+    ),
+]
+StateSyncOpt = Annotated[
+    float,
+    typer.Option(
+        "--state-sync", envvar="BATCHRUN_STATE_SYNC", help="Seconds between syncs of a running eval's state folder."
+    ),
+]
+KeepStateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep-state",
+        envvar="BATCHRUN_KEEP_STATE",
+        help="With --retry-failed: start failed evals from their stored state, not an empty folder.",
+    ),
+]
 LogFormatOpt = Annotated[
     LogFormat,
     typer.Option("--log-format", envvar="BATCHRUN_LOG_FORMAT", help="Log lines as JSON or for a terminal."),
@@ -91,6 +129,22 @@ def check_numbers(*, jobs: int, max_attempts: int, retry_backoff: float, grace: 
     for bad, msg in problems:
         if bad:
             raise BadInputError(msg)
+
+
+def state_config(
+    template: CommandTemplate, *, wanted: bool, root: str | None, interval: float, keep: bool
+) -> StateConfig | None:
+    """The run's state settings, or None when no eval gets a state folder (no ``{state}``, no --state)."""
+    if not math.isfinite(interval) or interval < MIN_STATE_SYNC_S:
+        msg = f"--state-sync must be a number of seconds of at least {MIN_STATE_SYNC_S:g}, got {interval:g}"
+        raise BadInputError(msg)
+    if not (wanted or template.uses_state):
+        return None
+    if root is not None and not root.strip():
+        msg = "--state-root is empty"
+        raise BadInputError(msg)
+    folder = str(Path(root).absolute()) if root else default_state_root()
+    return StateConfig(folder, interval, keep)
 
 
 def locate(

@@ -18,15 +18,21 @@ from batchrun._console import Console
 from batchrun._identity import RunIdentity
 from batchrun._logging import LogFormat, configure_logging
 from batchrun._options import (
+    KeepStateOpt,
     LogFormatOpt,
     ProgressOpt,
     RegistryOpt,
+    StateOpt,
+    StateRootOpt,
+    StateSyncOpt,
     StopSignal,
     StorageOpt,
     check_numbers,
     locate,
     parse_storage_options,
+    state_config,
 )
+from batchrun._results_cli import pull, report
 from batchrun._signals import StopRequest, reset_inherited_signals
 from batchrun.command import DEFAULT_COMMAND, CommandTemplate
 from batchrun.errors import BadInputError, BatchrunError, StoppedError
@@ -63,7 +69,7 @@ def run(  # noqa: PLR0913 - one parameter per documented option
         typer.Option(
             "--command",
             envvar="BATCHRUN_COMMAND",
-            help="Command for one eval; placeholders {model} {eval} {eval_set} {attempt}. Run without a shell.",
+            help="Command for one eval; placeholders {model} {eval} {eval_set} {attempt} {state}. Run without a shell.",
         ),
     ] = DEFAULT_COMMAND,
     progress: ProgressOpt = None,
@@ -153,6 +159,10 @@ def run(  # noqa: PLR0913 - one parameter per documented option
             help="Seconds without a heartbeat after which another worker takes a worker's evals.",
         ),
     ] = WORKER_TIMEOUT_S,
+    state: StateOpt = False,
+    state_root: StateRootOpt = None,
+    state_sync: StateSyncOpt = 30.0,
+    keep_state: KeepStateOpt = False,
     log_format: LogFormatOpt = LogFormat.AUTO,
 ) -> None:
     """Run every eval of EVAL_SET not yet recorded as completed, then exit. Any number of processes
@@ -169,6 +179,7 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     check_timing(heartbeat, worker_timeout)
     worker = check_worker_id(default_worker_id() if worker_id is None else worker_id)
     template = CommandTemplate.parse(command, tuple(extra_args or ()))
+    states = state_config(template, wanted=state, root=state_root, interval=state_sync, keep=keep_state)
     options = parse_storage_options(storage_options)
     evals = load_eval_set(eval_set, registry_path or ())
     template.check_eval_names(evals.evals)
@@ -194,6 +205,7 @@ def run(  # noqa: PLR0913 - one parameter per documented option
         worker_id=worker,
         heartbeat=heartbeat,
         worker_timeout=worker_timeout,
+        state=states,
     )
     summary = Runner(plan, store, console, stop).run()
     raise typer.Exit(summary.exit_code)
@@ -302,6 +314,10 @@ def logs(  # noqa: PLR0913
         raise BadInputError(msg)
     sys.stdout.buffer.write(output)
     sys.stdout.flush()
+
+
+app.command()(pull)
+app.command()(report)
 
 
 def main() -> None:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from batchrun.errors import CommandTemplateError, EvalSetError
 
 DEFAULT_COMMAND = "oaieval {model} {eval}"
-PLACEHOLDERS = frozenset({"model", "eval", "eval_set", "attempt"})
+PLACEHOLDERS = frozenset({"model", "eval", "eval_set", "attempt", "state"})
 _CONVERSIONS = (None, "s", "r", "a")
-_PROBE = {"model": "model", "eval": "eval", "eval_set": "set", "attempt": 1}
+_PROBE = {"model": "model", "eval": "eval", "eval_set": "set", "attempt": 1, "state": "/state"}
 _WIDE = re.compile(r"[0-9]{5}")  # a width or precision of 10,000 or more: refused, not allocated
 
 
@@ -41,10 +41,15 @@ class CommandTemplate:
             _check_word(word, text)
         return cls(text=text, words=words, extra_args=extra_args)
 
-    def render(self, *, model: str, eval_name: str, eval_set: str, attempt: int) -> list[str]:
+    def render(self, *, model: str, eval_name: str, eval_set: str, attempt: int, state: str = "") -> list[str]:
         """The argv for one attempt of *eval_name*, with the extra args appended."""
-        values = {"model": model, "eval": eval_name, "eval_set": eval_set, "attempt": attempt}
+        values = {"model": model, "eval": eval_name, "eval_set": eval_set, "attempt": attempt, "state": state}
         return [word.format_map(values) for word in self.words] + list(self.extra_args)
+
+    @property
+    def uses_state(self) -> bool:
+        """Whether some word of the command names the eval's state folder."""
+        return any(field == "state" for word in self.words for _, field, _, _ in string.Formatter().parse(word))
 
     def check_program(self, *, model: str, eval_name: str, eval_set: str) -> None:
         """Raise if the program the template starts can't be found, before anything runs."""

@@ -90,13 +90,23 @@ def default_folder() -> str:
     state = os.environ.get("XDG_STATE_HOME", "")
     if os.path.isabs(state):  # the XDG spec: a relative value is to be ignored
         return os.path.join(state, "batchrun")
+    return tmp_folder()
+
+
+def tmp_folder() -> str:
+    """The user's own folder under ``$TMPDIR`` or ``/tmp``."""
     tmp = os.environ.get("TMPDIR") or "/tmp"  # noqa: S108 - a per-user folder, checked below
     return os.path.join(os.path.abspath(tmp), f"batchrun-{os.geteuid()}")
 
 
-def private_default_folder() -> str:
+def default_state_root() -> str:
+    """Where evals' local state folders go by default: ``state/`` in the user's own temp folder."""
+    return os.path.join(private_default_folder(tmp_folder()), "state")
+
+
+def private_default_folder(folder: str | None = None) -> str:
     """Create the default folder (0700), or check that the existing one is the user's alone."""
-    folder = default_folder()
+    folder = default_folder() if folder is None else folder
     try:
         os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)
         os.mkdir(folder, 0o700)  # create, then check: no window for another user to slip a link in

@@ -12,6 +12,15 @@ from batchrun.fleet import HEARTBEAT_S, WORKER_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
+class StateConfig:
+    """Where evals' local state folders live, how often they sync, whether a new round keeps state."""
+
+    root: str
+    interval: float = 30.0
+    keep: bool = False  # --keep-state: a --retry-failed round restores the failed round's state
+
+
+@dataclass(frozen=True, slots=True)
 class RunPlan:
     """Everything `run` needs to know besides where progress lives."""
 
@@ -29,6 +38,7 @@ class RunPlan:
     worker_id: str | None = None  # None: fleet.default_worker_id()
     heartbeat: float = HEARTBEAT_S
     worker_timeout: float = WORKER_TIMEOUT_S
+    state: StateConfig | None = None  # None: no eval has a state folder
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from batchrun.errors import AttemptTakenError, FencedError, StoreError
 from batchrun.fleet import default_worker_id
 from batchrun.plan import RunPlan, RunSummary
 from batchrun.progress import ProgressStore
+from batchrun.state import StateKeeper
 
 COMPACT_EVERY_S = 2.0  # for the whole fleet: each of W workers compacts about every W x this
 BACKOFF_CAP_S = 300.0
@@ -69,6 +70,7 @@ class Runner:
             console=console,
             stopping=self.stop.requested.is_set,
             log=self.log,
+            states=None if plan.state is None else StateKeeper(store, plan.state, plan.model, plan.eval_set.name),
         )
 
     # --- the run --------------------------------------------------------------------------
@@ -81,6 +83,7 @@ class Runner:
         self.fleet.join(self.plan.grace)
         self.fleet.observe(force=True)
         self.ledger.load()
+        self.attempts.tidy(self.ledger.state, evals)
         queue, lost_first = self._queue(evals)
         self.log.info(
             "run.started",

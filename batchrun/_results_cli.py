@@ -1,0 +1,118 @@
+"""The commands that read what evals left behind: `pull` (their files, to a local folder) and
+`report` (one row per eval, with the headline metrics read from its results).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from batchrun._options import ProgressOpt, RegistryOpt, StorageOpt, locate
+from batchrun._state import Attempt, Outcome, RunState
+from batchrun.errors import BadInputError
+from batchrun.progress import ProgressStore
+from batchrun.report import Metrics, Row, read_metrics, render_csv, render_json, render_table
+from batchrun.results import local_name, pull_files, source
+
+_REPORTED = (".eval", ".jsonl", ".json")  # what the report's readers look at; nothing else is downloaded
+
+
+def pull(  # noqa: PLR0913 - one parameter per documented option
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name.")],
+    eval_set: Annotated[str, typer.Argument(metavar="EVAL_SET", help="Eval set (with --progress, any name).")],
+    eval_name: Annotated[
+        str | None, typer.Argument(metavar="EVAL", help="Only this eval (default: all).", show_default=False)
+    ] = None,
+    to: Annotated[str, typer.Option("--to", help="Local folder to download into (one sub-folder per eval).")] = ".",
+    unfinished: Annotated[
+        bool, typer.Option("--state", help="Also the synced state of evals not completed (yet).")
+    ] = False,
+    progress: ProgressOpt = None,
+    storage_options: StorageOpt = None,
+    registry_path: RegistryOpt = None,
+) -> None:
+    """Download evals' results (the state folder of the attempt that completed) to --to DIR/EVAL/,
+    e.g. for `inspect view --log-dir DIR`.
+    """
+    store, names, state = _open(model, eval_set, progress, storage_options, registry_path)
+    if eval_name is not None:
+        names = (eval_name,)
+    pulled = files = size = 0
+    for name in names:
+        found = source(store, state, name, unfinished=unfinished)
+        if found is None:
+            continue
+        target = str(Path(to) / local_name(name))
+        count, bytes_ = pull_files(store, found, target)
+        if found.kind == "state":
+            typer.echo(f"{name}: {count} files of the state of attempt {found.attempt} (not completed) -> {target}")
+        else:
+            typer.echo(f"{name}: {count} files -> {target}")
+        pulled, files, size = pulled + 1, files + count, size + bytes_
+    if not pulled:
+        what = f"eval {eval_name!r}" if eval_name is not None else "any eval"
+        hint = "" if unfinished else "; --state pulls the state of evals not completed"
+        msg = f"no results stored for {what} at {store.location.uri}{hint}"
+        raise BadInputError(msg)
+    typer.echo(f"pulled {files} files ({size} bytes) of {pulled} evals to {to}")
+
+
+def report(  # noqa: PLR0913 - one parameter per documented option
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name.")],
+    eval_set: Annotated[str, typer.Argument(metavar="EVAL_SET", help="Eval set (with --progress, any name).")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of a table.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV, one row per eval, one column per metric.")] = False,
+    progress: ProgressOpt = None,
+    storage_options: StorageOpt = None,
+    registry_path: RegistryOpt = None,
+) -> None:
+    """One row per eval: state, attempts, duration, and the headline metrics of its results
+    (inspect-ai logs, an oaieval record file, or a metrics.json).
+    """
+    if as_json and as_csv:
+        msg = "give --json or --csv, not both"
+        raise BadInputError(msg)
+    store, names, state = _open(model, eval_set, progress, storage_options, registry_path)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="batchrun-report-") as tmp:
+        for index, name in enumerate(names):
+            found = source(store, state, name, unfinished=False)
+            metrics = None
+            if found is not None:
+                folder = Path(tmp) / str(index)
+                pull_files(store, found, str(folder), suffixes=_REPORTED)
+                metrics = read_metrics(folder)
+            rows.append(_row(state, name, metrics))
+    render = render_json if as_json else render_csv if as_csv else render_table
+    typer.echo(render(rows).rstrip("\n"))
+
+
+def _open(
+    model: str, eval_set: str, progress: str | None, storage_options: str | None, registry: list[str] | None
+) -> tuple[ProgressStore, tuple[str, ...], RunState]:
+    store, evals, _ = locate(model, eval_set, progress, storage_options, registry or [])
+    identity = store.identity()
+    if evals is None and identity is None and not store.exists():
+        msg = f"no batchrun progress at {store.location.uri}"
+        raise BadInputError(msg)
+    state = store.load()
+    names = evals.evals if evals is not None else (identity.evals if identity is not None else ())
+    return store, names or tuple(sorted(state.attempts)), state
+
+
+def _row(state: RunState, name: str, metrics: Metrics | None) -> Row:
+    attempts = state.of(name)
+    ended = [a for a in attempts if a.ended_at is not None]
+    done = [a for a in ended if a.outcome is Outcome.COMPLETED]
+    last: Attempt | None = (done or ended)[-1] if done or ended else None
+    duration = None if last is None or last.ended_at is None else round(last.ended_at - last.started_at, 3)
+    return Row(
+        eval=name,
+        state=str(state.state(name)),
+        attempts=sum(1 for a in attempts if a.counts),
+        duration_s=duration,
+        metrics=metrics,
+    )
