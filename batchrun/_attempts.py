@@ -82,7 +82,7 @@ class Attempts:
         with self.ledger.lock:
             self.ledger.ran += 1
         completed = result.exit_code == 0 and not result.timed_out and not result.interrupted
-        if folder is not None and not self._last_sync(folder, completed=completed, log=log):
+        if folder is not None and not self._last_sync(attempt, folder, completed=completed, log=log):
             return True  # another process holds this worker's place: nothing more is ours to record
         finished, written = self._finish(attempt, result, failures + 1, duration, log)
         if result.output:  # after the outcome is recorded: a log that can't be saved loses nothing
@@ -96,19 +96,29 @@ class Attempts:
             self._keep_results(attempt, folder, written, log)
         return finished
 
-    def _last_sync(self, folder: EvalFolder, *, completed: bool, log: Log) -> bool:
-        """The attempt's last sync, once its process has ended (also after a stop or a timeout).
-        The state of a completion must be stored before the completion is: a store that fails
-        then fails the run (the eval reruns from its last sync). False when fenced.
+    def _last_sync(self, attempt: Attempt, folder: EvalFolder, *, completed: bool, log: Log) -> bool:
+        """The attempt's last sync, once its process has ended (also after a stop or a timeout);
+        during a stop, bounded by --final-sync-timeout. The state of a completion is stored before
+        the completion is: a store that fails then fails the run (the eval reruns from its last
+        sync). False when nothing more is to be recorded (fenced, or a completion whose state
+        could not be stored in time: recorded as interrupted).
         """
+        assert self.states is not None  # noqa: S101 - a folder comes from the keeper
+        timeout = self.states.config.final_timeout if self._stopping() else None
         try:
-            folder.sync(force=completed)
+            finished = folder.last_sync(force=completed, timeout=timeout)
         except FencedError:
             return False
         except StoreError as exc:
             if completed:
                 raise
             log.warning("state.sync_failed", error=str(exc))
+            return True
+        if not finished:
+            log.warning("state.sync_cut_short", timeout_s=timeout)
+            if completed:
+                self.ledger.record_soon(attempt.finished(Outcome.INTERRUPTED, exit_code=0, reason="stopped"))
+                return False
         return True
 
     def _keep_results(self, attempt: Attempt, folder: EvalFolder, written: Future[None], log: Log) -> None:

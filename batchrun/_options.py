@@ -87,6 +87,14 @@ StateSyncOpt = Annotated[
         "--state-sync", envvar="BATCHRUN_STATE_SYNC", help="Seconds between syncs of a running eval's state folder."
     ),
 ]
+FinalSyncOpt = Annotated[
+    float,
+    typer.Option(
+        "--final-sync-timeout",
+        envvar="BATCHRUN_FINAL_SYNC_TIMEOUT",
+        help="During a stop, seconds a stopped eval's last state sync may take before batchrun exits.",
+    ),
+]
 KeepStateOpt = Annotated[
     bool,
     typer.Option(
@@ -131,12 +139,15 @@ def check_numbers(*, jobs: int, max_attempts: int, retry_backoff: float, grace: 
             raise BadInputError(msg)
 
 
-def state_config(
-    template: CommandTemplate, *, wanted: bool, root: str | None, interval: float, keep: bool
+def state_config(  # noqa: PLR0913 - one parameter per option
+    template: CommandTemplate, *, wanted: bool, root: str | None, interval: float, keep: bool, final: float
 ) -> StateConfig | None:
     """The run's state settings, or None when no eval gets a state folder (no ``{state}``, no --state)."""
     if not math.isfinite(interval) or interval < MIN_STATE_SYNC_S:
         msg = f"--state-sync must be a number of seconds of at least {MIN_STATE_SYNC_S:g}, got {interval:g}"
+        raise BadInputError(msg)
+    if not math.isfinite(final) or final < 0:
+        msg = f"--final-sync-timeout must be a number of seconds of at least 0, got {final:g}"
         raise BadInputError(msg)
     if not (wanted or template.uses_state):
         return None
@@ -144,7 +155,7 @@ def state_config(
         msg = "--state-root is empty"
         raise BadInputError(msg)
     folder = str(Path(root).absolute()) if root else default_state_root()
-    return StateConfig(folder, interval, keep)
+    return StateConfig(folder, interval, keep, final)
 
 
 def locate(

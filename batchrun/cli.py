@@ -18,6 +18,7 @@ from batchrun._console import Console
 from batchrun._identity import RunIdentity
 from batchrun._logging import LogFormat, configure_logging
 from batchrun._options import (
+    FinalSyncOpt,
     KeepStateOpt,
     LogFormatOpt,
     ProgressOpt,
@@ -163,6 +164,7 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     state_root: StateRootOpt = None,
     state_sync: StateSyncOpt = 30.0,
     keep_state: KeepStateOpt = False,
+    final_sync_timeout: FinalSyncOpt = 20.0,
     log_format: LogFormatOpt = LogFormat.AUTO,
 ) -> None:
     """Run every eval of EVAL_SET not yet recorded as completed, then exit. Any number of processes
@@ -179,7 +181,9 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     check_timing(heartbeat, worker_timeout)
     worker = check_worker_id(default_worker_id() if worker_id is None else worker_id)
     template = CommandTemplate.parse(command, tuple(extra_args or ()))
-    states = state_config(template, wanted=state, root=state_root, interval=state_sync, keep=keep_state)
+    states = state_config(
+        template, wanted=state, root=state_root, interval=state_sync, keep=keep_state, final=final_sync_timeout
+    )
     options = parse_storage_options(storage_options)
     evals = load_eval_set(eval_set, registry_path or ())
     template.check_eval_names(evals.evals)

@@ -18,6 +18,7 @@ class StateConfig:
     root: str
     interval: float = 30.0
     keep: bool = False  # --keep-state: a --retry-failed round restores the failed round's state
+    final_timeout: float = 20.0  # during a stop, how long an eval's last sync may take
 
 
 @dataclass(frozen=True, slots=True)

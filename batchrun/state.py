@@ -245,6 +245,28 @@ class EvalFolder:
             backend.delete_tree(f"{self._stored}/{number}")
         self._older = []
 
+    def last_sync(self, *, force: bool, timeout: float | None) -> bool:
+        """:meth:`sync`; with a *timeout*, False if it has not finished by then (it goes on in the
+        background until the process exits: every file it sends is whole).
+        """
+        if timeout is None:
+            self.sync(force=force)
+            return True
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self.sync(force=force)
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread below
+                failure.append(exc)
+
+        thread = threading.Thread(target=work, name="batchrun-state-last-sync", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if failure:
+            raise failure[0]
+        return not thread.is_alive()
+
     @contextlib.contextmanager
     def syncing(self) -> Iterator[None]:
         """Sync every interval in the background while the attempt runs."""

@@ -141,10 +141,22 @@ def test_every_exit_code_gets_the_intended_job_action(layout: str) -> None:
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_job_stops_inside_its_termination_grace(layout: str) -> None:
-    """The pod's terminationGracePeriodSeconds exceeds batchrun's --grace plus the bound on its final write."""
+    """The pod's terminationGracePeriodSeconds exceeds batchrun's --grace plus the bound on the last
+    sync of state folders (when the command has them) plus the bound on its final write.
+    """
     job = job_of(render(layout))
-    grace = float(env_of(job)["BATCHRUN_GRACE"])
-    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace + FINAL_WRITE_S
+    env = env_of(job)
+    grace = float(env["BATCHRUN_GRACE"])
+    final_sync = float(env.get("BATCHRUN_FINAL_SYNC_TIMEOUT", 20)) if "{state}" in env["BATCHRUN_COMMAND"] else 0
+    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace + final_sync + FINAL_WRITE_S
+
+
+def test_the_base_job_keeps_each_evals_results_on_the_pods_scratch_disk() -> None:
+    """oaieval writes its record file into {state}; the state root is on the writable emptyDir."""
+    job = job_of(render("base"))
+    env = env_of(job)
+    assert "--record_path {state}/record.jsonl" in env["BATCHRUN_COMMAND"]
+    assert env["BATCHRUN_STATE_ROOT"].startswith("/tmp/")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
