@@ -155,6 +155,11 @@ def state_config(  # noqa: PLR0913 - one parameter per option
         msg = "--state-root is empty"
         raise BadInputError(msg)
     folder = str(Path(root).absolute()) if root else default_state_root()
+    try:
+        Path(folder).mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        msg = f"cannot use {folder} as the state root (--state-root): {exc.strerror or exc}"
+        raise BadInputError(msg) from None
     return StateConfig(folder, interval, keep, final)
 
 

@@ -47,6 +47,8 @@ def pull(  # noqa: PLR0913 - one parameter per documented option
             continue
         target = str(Path(to) / local_name(name))
         count, bytes_ = pull_files(store, found, target)
+        if not count:
+            continue  # completed without {state} (or with an empty folder): nothing was kept
         if found.kind == "state":
             typer.echo(f"{name}: {count} files of the state of attempt {found.attempt} (not completed) -> {target}")
         else:

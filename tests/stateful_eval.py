@@ -39,7 +39,7 @@ def stop(_signum: int, _frame: object) -> None:
 
 
 signal.signal(signal.SIGINT, stop)
-journal("start", args.eval, os.getpid(), sorted(os.listdir(state)) if state.is_dir() else "no-folder")
+journal("start", args.eval, os.getpid(), sorted(p.name for p in state.iterdir()) if state.is_dir() else "no-folder")
 manifest = state / "manifest.json"
 done = set(json.loads(manifest.read_text())) if manifest.exists() else set()
 steps = state / "steps"

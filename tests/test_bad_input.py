@@ -34,7 +34,39 @@ GOOD = "good.yaml"
 GOOD_SET = "good:\n  evals: [a, b]\n"
 
 
+STATE = ["run", "m", GOOD, "--state"]
+
 CASES: dict[str, Case] = {
+    "state sync of zero": Case({GOOD: GOOD_SET}, [*STATE, "--state-sync", "0"], 2, r"--state-sync must be .* at least"),
+    "state sync not a number": Case({GOOD: GOOD_SET}, [*STATE, "--state-sync", "nan"], 2, r"--state-sync must be"),
+    "negative final sync timeout": Case(
+        {GOOD: GOOD_SET}, [*STATE, "--final-sync-timeout", "-1"], 2, r"--final-sync-timeout must be"
+    ),
+    "blank state root": Case({GOOD: GOOD_SET}, [*STATE, "--state-root", " "], 2, r"--state-root is empty"),
+    "state root is a file": Case(
+        {GOOD: GOOD_SET, "afile": "x"},
+        [*STATE, "--state-root", "afile/sub"],
+        2,
+        r"cannot use .*afile/sub as the state root",
+    ),
+    "pull with no results stored": Case(
+        {GOOD: GOOD_SET},
+        ["pull", "m", GOOD, "--to", "out"],
+        2,
+        r"no results stored for any eval",
+        before=["run", "m", GOOD],
+    ),
+    "pull of an eval with no results": Case(
+        {GOOD: GOOD_SET},
+        ["pull", "m", GOOD, "zz", "--to", "out"],
+        2,
+        r"no results stored for eval 'zz'",
+        before=["run", "m", GOOD],
+    ),
+    "report as json and csv": Case(
+        {GOOD: GOOD_SET}, ["report", "m", GOOD, "--json", "--csv"], 2, r"give --json or --csv, not both"
+    ),
+    "report on an empty store": Case({}, ["report", "m", "x", "--progress", "PROGRESS"], 2, r"no batchrun progress at"),
     "missing eval-set file": Case({}, ["run", "m", "nope.yaml"], 2, r"eval-set file not found: nope\.yaml"),
     "unreadable eval-set file": Case({"dir.yaml/x": ""}, ["run", "m", "dir.yaml"], 2, r"cannot read eval-set file"),
     "malformed YAML": Case(

@@ -152,7 +152,7 @@ def test_job_stops_inside_its_termination_grace(layout: str) -> None:
 
 
 def test_the_base_job_keeps_each_evals_results_on_the_pods_scratch_disk() -> None:
-    """oaieval writes its record file into {state}; the state root is on the writable emptyDir."""
+    """The record file of oaieval goes into {state}; the state root is on the writable emptyDir."""
     job = job_of(render("base"))
     env = env_of(job)
     assert "--record_path {state}/record.jsonl" in env["BATCHRUN_COMMAND"]

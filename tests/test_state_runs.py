@@ -144,7 +144,7 @@ def test_results_are_pulled_and_reported(setup: tuple[Path, Path], s3_env: dict[
 def test_an_eval_without_state_gets_no_folder_and_costs_the_store_nothing(
     setup: tuple[Path, Path], s3_env: dict[str, str]
 ) -> None:
-    root, journal = setup
+    root, _ = setup
     probe = f"{sys.executable} -c \"import os,sys; sys.exit(3 if 'BATCHRUN_STATE' in os.environ else 0)\""
     args = ["run", "m", str(root / "set.txt"), "--progress", URI, "--command", probe, "--max-attempts", "1"]
     done = batchrun(*args, "--state-root", str(root / "pod"), env=s3_env)

@@ -48,7 +48,7 @@ def contents(folder: str | Path) -> dict[str, str]:
     return {name: Path(folder, name).read_text(encoding="utf-8") for name in scan(str(folder))}
 
 
-def restored(
+def restored(  # noqa: PLR0913 - the attempt's parts
     store: ProgressStore, root: Path, name: str, number: int, *, epoch: int = 0, keep_state: bool = False
 ) -> dict[str, str]:
     """What a new attempt *number* of *name* finds in its folder, on a machine of its own."""
@@ -94,9 +94,7 @@ def test_a_new_attempt_restores_what_the_last_synced_with_changes_and_deletions(
     assert set(expected) == {"log.eval", "sub/part 1.json", ".buffer/seg.0", "new[1]%.txt"}
 
 
-def test_names_with_odd_characters_round_trip_and_the_local_path_stays_plain(
-    progress_uri: str, tmp_path: Path
-) -> None:
+def test_names_with_odd_characters_round_trip_and_the_local_path_stays_plain(progress_uri: str, tmp_path: Path) -> None:
     store = open_store(progress_uri)
     name = "tasks/arc.py@m[1]*%41 " + "評価" * 60
     with keeper(store, tmp_path / "pod1").folder(attempt(name, 1)) as folder:
@@ -185,9 +183,7 @@ def test_the_first_sync_of_a_new_attempt_copies_unchanged_files_inside_the_store
     assert sorted(names) == ["2", "2.json"]  # attempt 1's folder went once attempt 2's was whole
 
 
-def test_a_worker_that_lost_its_claim_never_overwrites_the_new_holders_state(
-    progress_uri: str, tmp_path: Path
-) -> None:
+def test_a_worker_that_lost_its_claim_never_overwrites_the_new_holders_state(progress_uri: str, tmp_path: Path) -> None:
     old_store, new_store = open_store(progress_uri), open_store(progress_uri)
     with keeper(old_store, tmp_path / "old").folder(attempt("e", 1)) as old:
         write(old.local, {"log": "sample 1"})
@@ -237,7 +233,9 @@ def test_a_retry_failed_round_starts_empty_unless_keep_state(tmp_path: Path) -> 
         write(folder.local, {"poison": "makes every attempt fail"})
         folder.sync()
     assert restored(store, tmp_path / "pod2", "e", 4, epoch=1) == {}
-    assert restored(store, tmp_path / "pod3", "e", 5, epoch=1, keep_state=True) == {"poison": "makes every attempt fail"}
+    assert restored(store, tmp_path / "pod3", "e", 5, epoch=1, keep_state=True) == {
+        "poison": "makes every attempt fail"
+    }
 
 
 def test_results_whose_keeping_was_cut_off_are_read_from_state_and_kept_by_the_next_run(tmp_path: Path) -> None:
