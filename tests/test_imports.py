@@ -8,7 +8,7 @@ from pathlib import Path
 
 import batchrun
 
-HEAVY = ("s3fs", "botocore", "aiobotocore", "aiohttp", "boto3", "fsspec")
+HEAVY = ("s3fs", "botocore", "aiobotocore", "aiohttp", "boto3", "fsspec", "inspect_ai", "zstandard")
 
 
 def modules_after(code: str) -> set[str]:
