@@ -1,19 +1,20 @@
 """batchrun's own cost, measured side by side with the simplest alternatives in one invocation.
 
-Usage: python bench/run.py [--quick] [--runs N] [--fleet-runs N] [--only NAME ...]
+Usage: python bench/run.py [--quick] [--runs N] [--fleet-runs N] [--state-before REV] [--only NAME ...]
 
 Each scenario runs batchrun and its baselines alternately, N times each (median reported), on
 no-op or sleeping evals, so only the runners' own cost shows. S3 is a moto server started here on
 127.0.0.1. GNU parallel and openai/evals' oaievalset are used where installed, else skipped with a
 note. The fleet scenario starts W workers at once on one store, on a moto server of its own that
-counts every S3 request (bench/fleet.py). --quick shrinks every scenario (CI runs it as a smoke
-test; its numbers mean little).
+counts every S3 request (bench/fleet.py), and so does the state scenario's (evals' state folders,
+bench/state.py). --quick shrinks every scenario (CI runs it as a smoke test; its numbers mean little).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import importlib.util
 import json
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fleet
+import state
 
 HERE = Path(__file__).parent
 FLOOR = HERE / "floor.py"
@@ -355,6 +357,16 @@ class Bench:
         detail = "\n\n".join([fleet.timing_table(groups[: len(workers)], seconds), fleet.requests_tables(groups)])
         return fleet_rows(timed, scaled, seconds), detail
 
+    def state_folders(self, sizes: state.Sizes, before: str | None) -> tuple[list[Row], str]:
+        """What evals' state folders cost, on a counting moto server of their own (bench/state.py)."""
+        with fleet.counting_moto() as url:
+            found, detail = state.measure(
+                batchrun=self.batchrun, env={**self.env, "AWS_ENDPOINT_URL": url}, work=self.fresh(), url=url,
+                reset=lambda: reset_s3(url), names=self.names, sizes=sizes, before=before, bucket=BUCKET,
+                notes=self.notes,
+            )  # fmt: skip
+        return [Row(*row) for row in found], detail
+
 
 def ratio_row(scenario: str, ours: float, baseline: str, theirs: float, target: str) -> Row:
     limit = float(target.removeprefix("<= ").removesuffix("x"))
@@ -415,13 +427,14 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main() -> int:  # noqa: C901 - one branch per scenario
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run: a smoke test")
     parser.add_argument("--runs", type=int, default=5, help="runs per contender (median reported)")
     parser.add_argument("--large-runs", type=int, default=3, help="runs of the 10,000-eval scenario")
     parser.add_argument("--fleet-runs", type=int, default=3, help="runs of each fleet size (median reported)")
-    parser.add_argument("--only", nargs="*", default=None, help="local s3 large sleep startup fleet")
+    parser.add_argument("--only", nargs="*", default=None, help="local s3 large sleep startup fleet state")
+    parser.add_argument("--state-before", metavar="REV", help="state: also run this git revision's batchrun, as today")
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
     small, large, window = (40, 300, 100) if args.quick else (1000, 10_000, 1000)
@@ -429,7 +442,7 @@ def main() -> int:
     fleets, fleet_evals, fleet_nap, scaling = (
         ((1, 2), 8, 0.2, (2, (8, 32))) if args.quick else ((1, 4, 16), 64, 1.0, (4, (64, 256)))
     )
-    wanted = set(args.only or ["local", "s3", "large", "sleep", "startup", "fleet"])
+    wanted = set(args.only or ["local", "s3", "large", "sleep", "startup", "fleet", "state"])
     rows: list[Row] = []
     details: list[str] = []
     load = os.getloadavg()[0]
@@ -453,6 +466,11 @@ def main() -> int:
             found, detail = bench.many_workers(
                 fleets, fleet_evals, fleet_nap, scaling, 1 if args.quick else args.fleet_runs
             )
+            rows += found
+            details.append(detail)
+        if "state" in wanted:
+            sizes = state.QUICK if args.quick else dataclasses.replace(state.FULL, runs=args.runs)
+            found, detail = bench.state_folders(sizes, args.state_before)
             rows += found
             details.append(detail)
     print(table(rows))
