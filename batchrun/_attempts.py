@@ -125,6 +125,9 @@ class Attempts:
         """Once the completion is durable: its state becomes the eval's results (a failure here is
         finished by the next run, results.keep_unkept); the local folder goes.
         """
+        if folder.stored_nothing:  # an empty folder, never synced: nothing to keep
+            folder.forget_local()
+            return
         self.store.flush()  # the completion goes out now, not with the next eval's start
         if written.exception() is not None:
             return  # not recorded (the run stops): the state stays, and the eval reruns from it

@@ -247,6 +247,20 @@ class S3Backend(FsspecBackend):
             retrying(self, "list", folder, lambda: self._sync(self._list(bucket, prefix, None, items)))
         return {k[len(prefix) :]: int(item.get("Size", 0)) for k, item in items.items() if len(k) > len(prefix)}
 
+    def copy(self, source: str, path: str) -> None:
+        # One CopyObject (s3fs's cp_file sends a HEAD of the source first); objects over 5 GiB,
+        # which CopyObject refuses, go through s3fs's multipart copy.
+        src_bucket, src_key, _ = self.fs.split_path(source)
+        bucket, key, _ = self.fs.split_path(path)
+        copy = {"Bucket": bucket, "Key": key, "CopySource": {"Bucket": src_bucket, "Key": src_key}}
+        with translated(self, "copy", path):
+            try:
+                retrying(self, "copy", path, lambda: self._sync(self._call("copy_object", **copy)))
+            except OSError as exc:
+                if "InvalidRequest" not in str(exc) and "EntityTooLarge" not in str(exc):
+                    raise
+                retrying(self, "copy", path, lambda: self.fs.cp_file(source, path))
+
     async def _list(
         self, bucket: str, prefix: str, delimiter: str | None, items: dict[str, dict[str, Any]] | None = None
     ) -> list[str]:

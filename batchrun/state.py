@@ -47,12 +47,15 @@ def results_folder(store: ProgressStore, eval_name: str) -> str:
     return f"{store.location.sidecar}/results/{encode_key(eval_name)}"
 
 
-def synced_attempts(store: ProgressStore, eval_name: str) -> dict[int, dict[str, object]]:
-    """The attempts of *eval_name* with a complete sync stored, newest first, with their markers."""
+def synced_attempts(
+    store: ProgressStore, eval_name: str, names: list[str] | None = None
+) -> dict[int, dict[str, object]]:
+    """The attempts of *eval_name* with a complete sync stored, newest first, with their markers
+    (*names*: the listing of its folder, if already made).
+    """
     folder = stored_folder(store, eval_name)
-    numbers = sorted(
-        (int(n.removesuffix(".json")) for n in store.backend.listdir(folder) if _is_marker(n)), reverse=True
-    )
+    names = store.backend.listdir(folder) if names is None else names
+    numbers = sorted((int(n.removesuffix(".json")) for n in names if _is_marker(n)), reverse=True)
     markers: dict[int, dict[str, object]] = {}
     for number in numbers:
         blob = store.backend.read(f"{folder}/{number}.json")
@@ -111,6 +114,11 @@ class EvalFolder:
         self.log = keeper.log.bind(eval=attempt.eval, attempt=attempt.number)
 
     @property
+    def stored_nothing(self) -> bool:
+        """Whether the store holds no state of this eval (none restored, none sent, none older)."""
+        return self._base_number is None and not self._synced and not self._older
+
+    @property
     def _record(self) -> str:
         return f"{self.local}.synced.json"
 
@@ -124,7 +132,7 @@ class EvalFolder:
         names = backend.listdir(self._stored)
         numbers = {int(n.removesuffix(".json")) for n in names if n.removesuffix(".json").isdigit()}
         self._older = sorted(n for n in numbers if n < self.attempt.number)
-        source = self._source()
+        source = self._source(names)
         if source is None:
             empty_folder(self.local)
             self._base, self._base_number = {}, None
@@ -142,8 +150,8 @@ class EvalFolder:
             self._base, self._base_number = scan(self.local), number
             self._write_record(number, marker)
 
-    def _source(self) -> tuple[int, dict[str, object]] | None:
-        for number, marker in synced_attempts(self.store, self.attempt.eval).items():
+    def _source(self, names: list[str]) -> tuple[int, dict[str, object]] | None:
+        for number, marker in synced_attempts(self.store, self.attempt.eval, names).items():
             if number < self.attempt.number and (self.keeper.config.keep or marker.get("epoch") == self.attempt.epoch):
                 return number, marker
         return None
@@ -175,7 +183,9 @@ class EvalFolder:
         """
         with self._lock:
             current = scan(self.local)
-            if not self._syncs and not force and current == self._base:
+            unchanged = current == self._base and not force  # the restored-from attempt is still the truth
+            empty = not current and self.stored_nothing  # nothing here, nothing stored: nothing to say
+            if not self._syncs and (unchanged or empty):
                 return False
             plan = plan_sync(current, self._synced)
             if not plan and self._syncs:

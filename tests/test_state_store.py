@@ -102,7 +102,11 @@ def test_names_with_odd_characters_round_trip_and_the_local_path_stays_plain(pro
         assert all(c.isascii() and (c.isalnum() or c in "._-/") for c in relative), relative
         write(folder.local, {"評価 [a]*.json": "1", "%2F.txt": "2"})
         folder.sync()
-    assert restored(store, tmp_path / "pod2", name, 2) == {"評価 [a]*.json": "1", "%2F.txt": "2"}
+    with keeper(store, tmp_path / "pod2").folder(attempt(name, 2)) as folder:
+        assert contents(folder.local) == {"評価 [a]*.json": "1", "%2F.txt": "2"}
+        write(folder.local, {"new?.txt": "3"})
+        folder.sync()  # the unchanged odd names are copied inside the store
+    assert restored(store, tmp_path / "pod3", name, 3) == {"評価 [a]*.json": "1", "%2F.txt": "2", "new?.txt": "3"}
 
 
 def test_a_sync_cut_off_at_any_point_leaves_a_folder_the_next_attempt_resumes_from(tmp_path: Path) -> None:
@@ -164,6 +168,16 @@ def test_an_unchanged_folder_costs_nothing_and_a_sync_sends_only_what_changed(
         write(folder.local, {"f7": "seven", "f8": None})
         assert folder.sync()
         assert sorted(counting.calls) == ["delete", "upload", "write"]  # the file, the deletion, the marker
+
+
+def test_an_eval_that_never_writes_to_its_folder_costs_the_store_nothing(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store" / "m.s.progress.txt"))
+    counting = Counting(store.backend)
+    with keeper(store, tmp_path / "pod").folder(attempt("e", 1)) as folder:
+        store.backend = counting
+        assert not folder.sync(force=True)  # even the last sync of a completion
+        assert folder.stored_nothing
+    assert counting.calls == []
 
 
 def test_the_first_sync_of_a_new_attempt_copies_unchanged_files_inside_the_store(tmp_path: Path) -> None:
