@@ -2,7 +2,8 @@
 
 `counting` has `samples` samples (task arg, default 30). Each sample's solver appends its id as one
 line to the file named by `INSPECT_JOURNAL` (when set) as it starts, sleeps `delay` seconds (task
-arg, default 0), and asks mockllm, which always answers `MockLLM.default_output`. Every third
+arg, default 0), appends `done ID` once that wait is over, and asks mockllm, which always answers
+`MockLLM.default_output`. Every third
 sample (ids 3, 6, ...) expects another answer, so accuracy is known: 20/30 = 0.667 for 30 samples,
 4/5 = 0.8 for 5.
 
@@ -34,14 +35,18 @@ MockLLM.count_text_tokens = _count_words  # type: ignore[method-assign]  # ty: i
 
 @solver
 def journal(delay: float) -> Solver:
-    """Note the sample in $INSPECT_JOURNAL as it starts, then wait `delay` seconds."""
+    """Note the sample in $INSPECT_JOURNAL as it starts, wait `delay` seconds, note it done."""
 
-    async def solve(state: TaskState, _generate: Generate) -> TaskState:
+    def note(line: str) -> None:
         path = os.environ.get("INSPECT_JOURNAL")
         if path:
-            with Path(path).open("a", encoding="utf-8") as out:  # noqa: ASYNC230 - one short line, before the wait
-                out.write(f"{state.sample_id}\n")
+            with Path(path).open("a", encoding="utf-8") as out:
+                out.write(f"{line}\n")
+
+    async def solve(state: TaskState, _generate: Generate) -> TaskState:
+        note(f"{state.sample_id}")
         await asyncio.sleep(delay)
+        note(f"done {state.sample_id}")
         return state
 
     return solve
