@@ -3,9 +3,8 @@
 `counting` has `samples` samples (task arg, default 30). Each sample's solver appends its id as one
 line to the file named by `INSPECT_JOURNAL` (when set) as it starts, sleeps `delay` seconds (task
 arg, default 0), appends `done ID` once that wait is over, and asks mockllm, which always answers
-`MockLLM.default_output`. Every third
-sample (ids 3, 6, ...) expects another answer, so accuracy is known: 20/30 = 0.667 for 30 samples,
-4/5 = 0.8 for 5.
+`MockLLM.default_output`. Every third sample (ids 3, 6, ...) expects another answer, so accuracy is
+known: 20/30 = 0.667 for 30 samples, 4/5 = 0.8 for 5.
 
     inspect eval tests/data/inspect_task.py --model mockllm/model -T samples=5 -T delay=0.2
 """
