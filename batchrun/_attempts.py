@@ -20,7 +20,7 @@ from batchrun.errors import FencedError, StoreError
 from batchrun.plan import RunPlan
 from batchrun.progress import ProgressStore
 from batchrun.results import keep, keep_unkept
-from batchrun.state import EvalFolder, StateKeeper
+from batchrun.state import EvalFolder, RestoreStoppedError, StateKeeper
 
 Log = structlog.typing.FilteringBoundLogger
 
@@ -58,8 +58,12 @@ class Attempts:
         """
         if self.states is None:
             return self._run(attempt, failures, None, after_lost=after_lost)
-        with self.states.folder(attempt) as folder:  # restored from the store
-            return self._run(attempt, failures, folder, after_lost=after_lost)
+        try:
+            with self.states.folder(attempt, self._stopping) as folder:  # restored from the store
+                return self._run(attempt, failures, folder, after_lost=after_lost)
+        except RestoreStoppedError:  # the run is stopping: this attempt never started
+            self.ledger.record_soon(attempt.finished(Outcome.INTERRUPTED, exit_code=None, reason="stopping"))
+            return None
 
     def _run(self, attempt: Attempt, failures: int, folder: EvalFolder | None, *, after_lost: bool) -> bool | None:
         log = self.log.bind(eval=attempt.eval, attempt=attempt.number)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _DELETE_BATCH = 1000  # S3 DeleteObjects takes at most 1,000 keys
+_CHUNK = 8 << 20  # multipart part size of state uploads (S3's smallest part is 5 MiB)
 
 
 class FsspecBackend:
@@ -191,6 +192,14 @@ class S3Backend(FsspecBackend):
             msg = f"reply cut off: received {len(data)} of {expected} bytes"
             raise TruncatedReplyError(errno.EIO, msg)
         return bytes(data), str(resp["ETag"])
+
+    def upload(self, local: str, path: str) -> None:
+        # s3fs sends a file under two chunks in one PUT, read whole: 8 MiB chunks bound that to 16 MiB.
+        with translated(self, "upload", path):
+            try:
+                retrying(self, "upload", path, lambda: self.fs.put_file(local, path, chunksize=_CHUNK))
+            except FileNotFoundError as exc:
+                raise _no_bucket(self, path) from exc
 
     def tag(self, path: str) -> str | None:
         with translated(self, "stat", path):

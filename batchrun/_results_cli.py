@@ -46,7 +46,11 @@ def pull(  # noqa: PLR0913 - one parameter per documented option
         if found is None:
             continue
         target = str(Path(to) / local_name(name))
-        count, bytes_ = pull_files(store, found, target)
+        try:
+            count, bytes_ = pull_files(store, found, target)
+        except OSError as exc:
+            msg = f"cannot write into {target} (--to): {exc.strerror or exc}"
+            raise BadInputError(msg) from None
         if not count:
             continue  # completed without {state} (or with an empty folder): nothing was kept
         if found.kind == "state":

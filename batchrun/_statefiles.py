@@ -15,12 +15,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
 import stat
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+from batchrun.errors import StoreError
 
 Stat = tuple[int, int]  # size, mtime_ns: a file whose pair changed is sent again
 
@@ -37,19 +41,44 @@ def slug(text: str) -> str:
 
 
 def scan(root: str) -> dict[str, Stat]:
-    """Every regular file under *root* (links and special files are skipped), by its
-    '/'-separated path relative to *root*.
+    """Every regular file under *root* (links and special files are skipped, and names that are
+    not UTF-8, which no object store can hold), by its '/'-separated path relative to *root*.
     """
     found: dict[str, Stat] = {}
     for parent, folders, names in os.walk(root):
         folders[:] = [f for f in folders if not os.path.islink(os.path.join(parent, f))]
         for name in names:
             path = os.path.join(parent, name)
+            relative = os.path.relpath(path, root).replace(os.sep, "/")
+            if not _encodable(relative):
+                continue
             with contextlib.suppress(FileNotFoundError):
                 info = os.lstat(path)
                 if stat.S_ISREG(info.st_mode):
-                    found[os.path.relpath(path, root).replace(os.sep, "/")] = (info.st_size, info.st_mtime_ns)
+                    found[relative] = (info.st_size, info.st_mtime_ns)
     return found
+
+
+def _encodable(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by os.walk as surrogates
+        return False
+    return True
+
+
+def clashing(gone: Iterable[str], new: Iterable[str]) -> list[str]:
+    """The *gone* names whose path clashes with a *new* one (a file replaced by a folder of the
+    same name, or the reverse): they must be deleted before the new ones are sent.
+    """
+    new = set(new)
+    parents = {name.rsplit("/", depth)[0] for name in new for depth in range(1, name.count("/") + 1)}
+    return sorted(g for g in gone if g in parents or any(p in new for p in _parents(g)))
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,19 +135,69 @@ def remove(path: str) -> None:
             os.unlink(path)
 
 
+def private_folder(path: str) -> None:
+    """Create *path* (0700) if missing, and refuse one that is a link or not the user's own."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        msg = f"{path} is a symbolic link, not a folder, or not yours; batchrun keeps state only in its own folders"
+        raise StoreError(msg)
+
+
 @contextlib.contextmanager
-def locked_folder(path: str, fallback: str) -> Iterator[str]:
-    """*path*, held with a lock file beside it while the attempt runs; *fallback* when another
-    process of this machine holds it (a worker whose place was taken may still be stopping).
+def locked_folder(path: str, fallback: str) -> Iterator[tuple[str, bool]]:
+    """*path*, held with a lock file beside it while the attempt runs, and False; *fallback*
+    and True when another process of this machine holds it (a worker whose place was taken may
+    still be stopping).
     """
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield fallback
+            yield fallback, True
         else:
-            yield path
+            yield path, False
     finally:
         os.close(fd)
+
+
+def read_record(path: str) -> dict[str, object]:
+    """The record of what a local folder held when it last matched the store ({} if none)."""
+    try:
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), encoding="utf-8") as fh:
+            record = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def write_record(path: str, record: dict[str, object]) -> bool:
+    """Replace the record at *path* (never through a link); False, with no record left, when
+    the disk refuses (the record only spares a download).
+    """
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with open(fd, "w", encoding="utf-8") as fh:
+            json.dump(record, fh)
+        os.replace(tmp, path)
+    except OSError:
+        remove(tmp)
+        remove(path)
+        return False
+    return True
+
+
+def snapshot(path: str, folder: str) -> str | None:
+    """A private copy of the file *path* as it is now, in *folder*; None if it is gone."""
+    target = os.path.join(folder, uuid.uuid4().hex)
+    try:
+        with (
+            open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as source,
+            open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as copy,
+        ):
+            shutil.copyfileobj(source, copy)
+    except FileNotFoundError:
+        return None
+    return target

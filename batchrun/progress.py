@@ -107,7 +107,7 @@ class ProgressStore:
             progress_path=location.path,
             events=self._events,
             generation=self.generation,
-            stored_generation=self._stored_generation,
+            stored_generation=self.stored_generation,
             imported=self._imported,
         )
         self._backend = backend
@@ -160,7 +160,8 @@ class ProgressStore:
                 self._identity, self._identity_known = self.identity(), True
         return "" if self._identity is None else self._identity.generation
 
-    def _stored_generation(self) -> str:
+    def stored_generation(self) -> str:
+        """The generation stored now (a reset changes it: a process that outlived one sees it differ)."""
         identity = self.identity()
         return "" if identity is None else identity.generation
 

@@ -21,6 +21,7 @@ from helpers import BUCKET, Wrapped, fake_command, open_store
 
 from batchrun import CommandTemplate, EvalSet, RunPlan
 from batchrun._console import Console
+from batchrun._identity import RunIdentity
 from batchrun._results_cli import pull
 from batchrun._signals import StopRequest
 from batchrun._state import Attempt, Outcome, RunState
@@ -105,12 +106,6 @@ def memory_uri(tmp_path: Path) -> str:
 # --- finding 1: a keep cut off while it deletes the state loses results ------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 1: keep() deletes state/K with delete_tree, whose order (deepest first on fsspec, "
-    "readdir order on disk) can leave the marker N.json after N/'s files are gone; pull/report then read "
-    "the half-deleted state, and the next run's keep_unkept copies it and deletes the results it lacks",
-)
 def test_a_keep_cut_off_while_it_deletes_the_state_loses_no_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -136,7 +131,6 @@ def test_a_keep_cut_off_while_it_deletes_the_state_loses_no_results(
         patched.setattr(fs, "rm_file", rm_file)
         with pytest.raises(StoreError):
             keep(store, "e", 1)  # the copy to results/ finished; the kill comes during the deletion
-    assert all("/state/e/1/" in path for path in removed)  # the marker 1.json outlived its files
     state = completed(one)
     found = source(store, state, "e", unfinished=False)
     assert found is not None
@@ -170,19 +164,13 @@ class FailOnce(Wrapped):
         return call
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 2: EvalFolder.sync() counts the sync (_syncs += 1) before _write_marker(); after a "
-    "marker write fails, the next syncs see nothing to send and never write it, so a completion is "
-    "recorded with no marker, and a cut keep then makes keep_unkept delete the state",
-)
 def test_a_failed_marker_write_is_written_by_the_next_sync(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "store" / "m.s.progress.txt"))
     one = attempt("e", 1)
     with keeper(store, tmp_path / "pod").folder(one) as folder:
         write(folder.local, {"log.eval": "all samples"})
         inner = store.backend
-        store.backend = FailOnce(inner, "write", "/state/e/1.json")  # type: ignore[assignment]
+        store.backend = FailOnce(inner, "write", "/e/1.json")  # type: ignore[assignment]
         with pytest.raises(StoreError):
             folder.sync()  # a periodic sync: the file went, the marker's PUT failed
         store.backend = inner
@@ -190,19 +178,18 @@ def test_a_failed_marker_write_is_written_by_the_next_sync(tmp_path: Path) -> No
     assert 1 in synced_attempts(store, "e"), "a completion would now be recorded without its state's marker"
 
 
-@pytest.mark.xfail(strict=True, reason="finding 2: the consequence - results lost after one kill")
 def test_a_completion_whose_marker_write_failed_once_keeps_its_results(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "store" / "m.s.progress.txt"))
     one = attempt("e", 1)
     with keeper(store, tmp_path / "pod").folder(one) as folder:
         write(folder.local, {"log.eval": "all samples"})
         inner = store.backend
-        store.backend = FailOnce(inner, "write", "/state/e/1.json")  # type: ignore[assignment]
+        store.backend = FailOnce(inner, "write", "/e/1.json")  # type: ignore[assignment]
         with pytest.raises(StoreError):
             folder.sync()
         store.backend = inner
         folder.last_sync(force=True, timeout=None)
-    store.backend = FailOnce(inner, "copy", "/state/e/1/")  # type: ignore[assignment]
+    store.backend = FailOnce(inner, "copy", "/e/1/")  # type: ignore[assignment]
     with pytest.raises(StoreError):
         keep(store, "e", 1)  # killed before its first copy
     store.backend = inner
@@ -213,12 +200,6 @@ def test_a_completion_whose_marker_write_failed_once_keeps_its_results(tmp_path:
 # --- finding 3: a stale holder's keep deletes the new holder's state ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 3: keep() ends with delete_tree(state/K), every attempt's folder, so a worker that "
-    "lost its claim and completes deletes the new holder's folder; the new holder's later syncs send only "
-    "changes and its keep then deletes the results its folder lacks",
-)
 def test_a_worker_that_lost_its_claim_and_completes_never_deletes_the_new_holders_state(
     uri: str, tmp_path: Path
 ) -> None:
@@ -238,12 +219,6 @@ def test_a_worker_that_lost_its_claim_and_completes_never_deletes_the_new_holder
     assert stored_text(new_store, results_folder(new_store, "e")) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 3: a stale holder that completes after the new holder kept its results keeps its own "
-    "folder, which the new holder's first sync already deleted: keep() copies nothing and deletes every "
-    "result as stale",
-)
 def test_a_stale_holders_late_completion_never_wipes_the_kept_results(uri: str, tmp_path: Path) -> None:
     old_store, new_store = open_store(uri), open_store(uri)
     with keeper(old_store, tmp_path / "old").folder(attempt("e", 1, writer="old")) as old:
@@ -300,12 +275,6 @@ class OnUpload(Wrapped):
         self.inner.upload(local, path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 5: sync() writes the .synced.json record from a fresh scan after the sync, so a file "
-    "changed during the sync is recorded as stored; after a container restart the restore keeps the local "
-    "folder as 'identical' and the first sync copies the older stored content, never sending the new one",
-)
 def test_a_file_changed_during_a_sync_is_not_taken_for_stored_after_a_restart(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "store" / "m.s.progress.txt"))
     pod = tmp_path / "pod"  # the emptyDir, which survives a container restart
@@ -330,12 +299,6 @@ def test_a_file_changed_during_a_sync_is_not_taken_for_stored_after_a_restart(tm
 # --- finding 6: a file changed after the sync's last scan breaks the order promise -------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 6: a changed file is uploaded with its content at send time, not at scan time; a tool "
-    "that writes a new part and rewrites its manifest after the last scan gets a stored manifest naming a "
-    "part that is not stored, under a complete sync's marker",
-)
 def test_a_manifest_rewritten_during_a_sync_never_names_a_part_that_is_not_stored(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "store" / "m.s.progress.txt"))
     with keeper(store, tmp_path / "pod").folder(attempt("e", 1)) as folder:
@@ -353,12 +316,6 @@ def test_a_manifest_rewritten_during_a_sync_never_names_a_part_that_is_not_store
     assert not missing, f"the stored manifest names {missing}, not stored"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 6: after NEW_FILE_ROUNDS rescans still find new files, sync() sends the changed files "
-    "anyway: a manifest naming the newest parts goes out before them (the order rule is broken for a tool "
-    "that writes parts faster than a round takes)",
-)
 def test_a_sync_that_runs_out_of_rounds_never_sends_a_manifest_ahead_of_its_parts(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "store" / "m.s.progress.txt"))
 
@@ -391,20 +348,16 @@ def test_a_sync_that_runs_out_of_rounds_never_sends_a_manifest_ahead_of_its_part
 # --- finding 7: state folders are not fenced across a reset / --fresh ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 7: state/ and results/ are not per generation (claims are): after a reset or --fresh, "
-    "attempt numbers start at 1 again, so a writer that outlives the reset syncs into the new run's attempt "
-    "folders, and the new run keeps its files as results",
-)
 def test_a_writer_that_outlives_a_reset_never_mixes_into_the_new_runs_results(tmp_path: Path) -> None:
     uri = str(tmp_path / "store" / "m.s.progress.txt")
     old_store = open_store(uri)
+    old_store.claim(RunIdentity("m", "s", "cmd", (), ("e",)))  # each run has its generation
     with keeper(old_store, tmp_path / "old").folder(attempt("e", 1, writer="old")) as old:
         write(old.local, {"a": "old run"})
         old.sync()
         open_store(uri).reset()  # `batchrun reset`, or a `run --fresh`, while the old pod is still stopping
         new_store = open_store(uri)
+        new_store.claim(RunIdentity("m", "s", "cmd", (), ("e",)))
         with keeper(new_store, tmp_path / "new").folder(attempt("e", 1, writer="new")) as new:
             assert contents(new.local) == {}
             write(new.local, {"b": "new run"})
@@ -420,11 +373,6 @@ def test_a_writer_that_outlives_a_reset_never_mixes_into_the_new_runs_results(tm
 # --- finding 8: leaving syncing() waits for an in-flight sync, whatever --final-sync-timeout says ---
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 8: EvalFolder.syncing() joins the periodic sync thread with no timeout; a sync in "
-    "flight when a stopped eval exits holds up the stop beyond --final-sync-timeout (and the Job's grace)",
-)
 def test_a_periodic_sync_in_flight_does_not_hold_up_a_stop_beyond_the_final_sync_timeout(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "store" / "m.s.progress.txt"))
     sending = threading.Event()
@@ -452,12 +400,6 @@ def test_a_periodic_sync_in_flight_does_not_hold_up_a_stop_beyond_the_final_sync
 # --- finding 9: a file replaced by a folder of the same name -----------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 9: new files are sent before deletions, so a file x replaced by a folder x/ is sent as "
-    "x/y while x is still stored: local and memory:// refuse it at every sync (memory:// with a bare "
-    "FileExistsError, not a StoreError), and a completion's last sync then fails the run",
-)
 @pytest.mark.parametrize("kind", ["local", "memory"])
 def test_a_file_replaced_by_a_folder_of_the_same_name_syncs(kind: str, tmp_path: Path) -> None:
     uri = memory_uri(tmp_path) if kind == "memory" else str(tmp_path / "store" / "m.s.progress.txt")
@@ -470,11 +412,6 @@ def test_a_file_replaced_by_a_folder_of_the_same_name_syncs(kind: str, tmp_path:
     assert restored(store, tmp_path / "pod2", "e", 2) == {"logs/1.log": "a folder now"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 9: on S3 a sync cut between the upload of x/y and the deletion of x leaves both; the "
-    "restore then dies with an uncaught FileExistsError (exit 70), at every attempt",
-)
 @pytest.mark.usefixtures("s3")
 def test_a_cut_sync_of_a_file_replaced_by_a_folder_leaves_a_restorable_store(tmp_path: Path) -> None:
     store = open_store(f"s3://{BUCKET}/review/m.s.progress.txt")
@@ -493,11 +430,6 @@ def test_a_cut_sync_of_a_file_replaced_by_a_folder_leaves_a_restorable_store(tmp
 # --- finding 10: names S3 can't hold, or that s3fs rewrites --------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 10: a file name with undecodable bytes raises (UnicodeEncodeError as StoreError) at every "
-    "sync on S3: nothing after it is stored, no marker is ever written, a completion fails the run (exit 3)",
-)
 @pytest.mark.usefixtures("s3")
 def test_a_file_name_s3_cannot_hold_does_not_stop_the_rest_of_the_folder_syncing(tmp_path: Path) -> None:
     store = open_store(f"s3://{BUCKET}/review/m.s.progress.txt")
@@ -528,12 +460,6 @@ def test_a_file_name_with_a_version_query_round_trips_on_s3(tmp_path: Path) -> N
 # --- finding 11: a local write error (disk full) escapes as a crash -----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 11: _write_record's OSError (a full emptyDir) is neither a StoreError nor caught: it "
-    "kills the periodic sync thread for the rest of the attempt (nothing more is synced) and a completion's "
-    "last sync crashes the run (exit 70) - though the record is only an optimisation",
-)
 def test_a_record_that_cannot_be_written_does_not_stop_the_syncs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -556,19 +482,14 @@ def test_a_record_that_cannot_be_written_does_not_stop_the_syncs(
 # --- finding 12: links planted beside the local folder are followed ------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 12: _write_record opens EVAL.synced.json.tmp with a plain open(), following a link "
-    "planted there (the lock file beside it uses O_NOFOLLOW)",
-)
 def test_the_local_record_never_writes_through_a_planted_link(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "store" / "m.s.progress.txt"))
     victim = tmp_path / "victim"
     victim.write_text("precious")
-    states = keeper(store, tmp_path / "pod")
+    states = keeper(store, tmp_path / "pod")  # creates the run's folder
     local = states.local("e")
-    Path(local).parent.mkdir(mode=0o700, parents=True)
     Path(f"{local}.synced.json.tmp").symlink_to(victim)
+    Path(f"{local}.synced.json").symlink_to(victim)
     with states.folder(attempt("e", 1)) as folder:
         write(folder.local, {"a": "1"})
         with contextlib.suppress(BatchrunError):
@@ -576,33 +497,22 @@ def test_the_local_record_never_writes_through_a_planted_link(tmp_path: Path) ->
     assert victim.read_text() == "precious"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 12: the run's folder under the state root (MODEL-HASH.SET-HASH) is used through a link "
-    "planted in its place, so state is written (and deleted) wherever it points",
-)
 def test_a_link_planted_in_the_state_root_is_refused(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "store" / "m.s.progress.txt"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     root = tmp_path / "root"
-    states = keeper(store, root)
+    run_folder = Path(keeper(store, tmp_path / "probe").local("e")).parent.name
     root.mkdir()
-    Path(states.local("e")).parent.symlink_to(elsewhere)
-    with contextlib.suppress(BatchrunError), states.folder(attempt("e", 1)) as folder:
-        write(folder.local, {"a": "1"})
-        folder.sync()
+    (root / run_folder).symlink_to(elsewhere)
+    with pytest.raises(BatchrunError, match="symbolic link"):
+        keeper(store, root)
     assert list(elsewhere.iterdir()) == []
 
 
 # --- finding 13: the fallback folder's name --------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 13: the fallback folder (another process of the machine holds the lock) is "
-    "EVAL-HASH~WRITER: '~' breaks the documented [A-Za-z0-9._-] promise, and it is never removed",
-)
 def test_the_fallback_folder_is_named_from_plain_characters_only(tmp_path: Path) -> None:
     root = tmp_path / "pod"
     first = open_store(str(tmp_path / "store" / "m.s.progress.txt"))
@@ -641,11 +551,6 @@ def _attempt_two_completed(store: ProgressStore, tmp_path: Path) -> None:
     keep(store, "e", 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 14: pull downloads into DIR/EVAL/ over whatever an earlier pull left there: files of "
-    "another attempt stay beside the results (inspect view shows both logs)",
-)
 def test_pull_over_an_earlier_pull_of_the_state_leaves_only_the_results(tmp_path: Path) -> None:
     store, uri, evals = _attempt_one_failed(tmp_path)
     out = tmp_path / "out"
@@ -656,11 +561,6 @@ def test_pull_over_an_earlier_pull_of_the_state_leaves_only_the_results(tmp_path
     assert sorted(p.name for p in (out / "e").iterdir()) == ["2024-01-02_try2.eval"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 15: pull --to a path that is a file (or not writable) is an uncaught OSError: "
-    "'internal error ... (please report)', exit 70, instead of a usage error",
-)
 def test_pull_to_a_file_is_bad_input_not_an_internal_error(tmp_path: Path) -> None:
     """main() turns a BatchrunError into one line and its exit code, any other exception into exit 70."""
     store, uri, evals = _attempt_one_failed(tmp_path)
@@ -674,11 +574,6 @@ def test_pull_to_a_file_is_bad_input_not_an_internal_error(tmp_path: Path) -> No
 # --- finding 16: uploads are read whole into memory on S3 -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 16: s3fs put_file reads a file under 2 x its chunk size (100 MiB by default) whole into "
-    "memory for one put_object; the README promises files are streamed, never read whole",
-)
 @pytest.mark.usefixtures("s3")
 def test_an_upload_to_s3_is_streamed_not_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = open_store(f"s3://{BUCKET}/review/m.s.progress.txt")
@@ -702,12 +597,6 @@ def test_an_upload_to_s3_is_streamed_not_read_whole(tmp_path: Path, monkeypatch:
 # --- finding 17: a restore ignores a stop --------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 17: the restore downloads the whole stored folder even after a stop was requested "
-    "(nothing checks the stop, nothing bounds it): a spot reclaim during a large restore outlasts --grace "
-    "and the Job's grace period, and the kubelet's SIGKILL loses the final write of every eval",
-)
 def test_a_stop_during_a_restore_does_not_wait_for_the_whole_folder(tmp_path: Path) -> None:
     uri = str(tmp_path / "p.txt")
     first = open_store(uri)

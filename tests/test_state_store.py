@@ -19,7 +19,7 @@ from batchrun.errors import FencedError, StoreError
 from batchrun.plan import StateConfig
 from batchrun.progress import ProgressStore
 from batchrun.results import keep, keep_unkept, source
-from batchrun.state import EvalFolder, StateKeeper
+from batchrun.state import EvalFolder, StateKeeper, stored_folder
 
 WRITES = ("upload", "copy", "write", "delete", "delete_tree")
 
@@ -193,7 +193,7 @@ def test_the_first_sync_of_a_new_attempt_copies_unchanged_files_inside_the_store
         folder.sync()
         assert sorted(counting.calls).count("copy") == 4
         assert counting.calls.count("upload") == 1
-    names = store.backend.listdir(f"{store.location.sidecar}/state/e")
+    names = store.backend.listdir(stored_folder(store, "e"))
     assert sorted(names) == ["2", "2.json"]  # attempt 1's folder went once attempt 2's was whole
 
 
@@ -266,13 +266,13 @@ def test_results_whose_keeping_was_cut_off_are_read_from_state_and_kept_by_the_n
     store.backend = store.backend.inner
     found = source(store, state, "e", unfinished=False)
     assert found is not None
-    assert found.folder.endswith("/state/e/1")
+    assert found.folder == f"{stored_folder(store, 'e')}/1"
     assert keep_unkept(store, state, ("e", "other")) == ["e"]
     found = source(store, state, "e", unfinished=False)
     assert found is not None
     assert found.folder.endswith("/results/e")
     assert store.backend.files(found.folder) == {"a": 1, "b": 1, "c": 1}
-    assert store.backend.listdir(f"{store.location.sidecar}/state") == []
+    assert store.backend.files(f"{store.location.sidecar}/state") == {}
 
 
 def test_a_large_file_round_trips_whole(progress_uri: str, tmp_path: Path) -> None:
