@@ -76,9 +76,10 @@ class Backend(Protocol):
 
     # Whole files of an eval's state folder (batchrun/state.py), streamed, never held in memory.
 
-    def files(self, folder: str) -> dict[str, int]:
+    def files(self, folder: str, tags: dict[str, str] | None = None) -> dict[str, int]:
         """Every object under *folder* at any depth (dot-names too), by its '/'-separated path
-        relative to *folder*, with its size; {} if there is none.
+        relative to *folder*, with its size; {} if there is none. *tags*, if given, gets each
+        object's version tag where the listing tells it (S3: the ETag; disk: inode, mtime, size).
         """
 
     def upload(self, local: str, path: str) -> None:
@@ -87,8 +88,10 @@ class Backend(Protocol):
     def download(self, path: str, local: str) -> None:
         """Write the content of *path* to the local file *local* (FileNotFoundError if gone)."""
 
-    def copy(self, source: str, path: str) -> None:
-        """Replace *path* whole with a copy of *source* (on S3 a server-side copy)."""
+    def copy(self, source: str, path: str, expect: str | None = None) -> None:
+        """Replace *path* whole with a copy of *source* (on S3 a server-side copy); with *expect*,
+        only if *source* still has that tag from :meth:`files` (ConflictError otherwise).
+        """
 
 
 def hash_tag(data: bytes) -> str:

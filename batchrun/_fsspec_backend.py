@@ -115,7 +115,7 @@ class FsspecBackend:
             with contextlib.suppress(FileNotFoundError, OSError):
                 self.fs.rmdir(path)
 
-    def files(self, folder: str) -> dict[str, int]:
+    def files(self, folder: str, tags: dict[str, str] | None = None) -> dict[str, int]:  # noqa: ARG002 - no tags here
         root = self.fs._strip_protocol(folder).rstrip("/") + "/"  # noqa: SLF001 - fsspec's own path form
         with translated(self, "list", folder):
             try:
@@ -139,7 +139,10 @@ class FsspecBackend:
         with translated(self, "download", path):
             retrying(self, "download", path, lambda: self.fs.get_file(path, local))
 
-    def copy(self, source: str, path: str) -> None:
+    def copy(self, source: str, path: str, expect: str | None = None) -> None:
+        if expect is not None:  # generic listings give no tags to expect
+            msg = f"{source}: a conditional copy needs a tag from files()"
+            raise ConflictError(msg)
         with translated(self, "copy", path):
             retrying(self, "copy", path, lambda: self.fs.cp_file(source, path))
 
@@ -248,25 +251,35 @@ class S3Backend(FsspecBackend):
         found = {k[len(prefix) :]: str(item.get("ETag", "")) for k, item in items.items()}
         return {name: tag for name, tag in found.items() if name and not name.startswith(".")}
 
-    def files(self, folder: str) -> dict[str, int]:
+    def files(self, folder: str, tags: dict[str, str] | None = None) -> dict[str, int]:
         bucket, key, _ = self.fs.split_path(folder)
         prefix = key.rstrip("/") + "/"
         items: dict[str, dict[str, Any]] = {}
         with translated(self, "list", folder):
             retrying(self, "list", folder, lambda: self._sync(self._list(bucket, prefix, None, items)))
-        return {k[len(prefix) :]: int(item.get("Size", 0)) for k, item in items.items() if len(k) > len(prefix)}
+        found = {k[len(prefix) :]: item for k, item in items.items() if len(k) > len(prefix)}
+        if tags is not None:
+            tags.update((name, str(item.get("ETag", ""))) for name, item in found.items())
+        return {name: int(item.get("Size", 0)) for name, item in found.items()}
 
-    def copy(self, source: str, path: str) -> None:
-        # One CopyObject (s3fs's cp_file sends a HEAD of the source first); objects over 5 GiB,
-        # which CopyObject refuses, go through s3fs's multipart copy.
+    def copy(self, source: str, path: str, expect: str | None = None) -> None:
+        # One CopyObject (s3fs's cp_file sends a HEAD of the source first), If-Match on the
+        # source's ETag when *expect*; objects over 5 GiB, which CopyObject refuses, go through
+        # s3fs's multipart copy (unconditional: refused when *expect* is given).
         src_bucket, src_key, _ = self.fs.split_path(source)
         bucket, key, _ = self.fs.split_path(path)
-        copy = {"Bucket": bucket, "Key": key, "CopySource": {"Bucket": src_bucket, "Key": src_key}}
+        copy: dict[str, Any] = {"Bucket": bucket, "Key": key, "CopySource": {"Bucket": src_bucket, "Key": src_key}}
+        if expect is not None:
+            copy["CopySourceIfMatch"] = expect
+            if self.tag(source) != expect:  # S3 checks the condition; some S3-compatible stores (moto) don't
+                raise ConflictError(f"{source} changed since it was listed")
         with translated(self, "copy", path):
             try:
                 retrying(self, "copy", path, lambda: self._sync(self._call("copy_object", **copy)))
             except OSError as exc:
-                if "InvalidRequest" not in str(exc) and "EntityTooLarge" not in str(exc):
+                if isinstance(exc, FileExistsError) or exc.errno == errno.EINVAL or "PreconditionFailed" in str(exc):
+                    raise ConflictError(f"{source} changed since it was listed") from exc
+                if ("InvalidRequest" not in str(exc) and "EntityTooLarge" not in str(exc)) or expect is not None:
                     raise
                 retrying(self, "copy", path, lambda: self.fs.cp_file(source, path))
 

@@ -113,8 +113,7 @@ class LocalBackend:
                         if name.startswith("."):
                             continue
                         with contextlib.suppress(FileNotFoundError):
-                            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                            found[name] = f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+                            found[name] = _marker(os.stat(name, dir_fd=fd, follow_symlinks=False))
             except FileNotFoundError:
                 return {}
         return found
@@ -130,7 +129,7 @@ class LocalBackend:
         with translated(self, "delete", path), contextlib.suppress(FileNotFoundError), _folder(folder) as fd:
             shutil.rmtree(name, dir_fd=fd)  # fd-based: never descends through a link
 
-    def files(self, folder: str) -> dict[str, int]:
+    def files(self, folder: str, tags: dict[str, str] | None = None) -> dict[str, int]:
         found: dict[str, int] = {}
         with translated(self, "list", folder):
             try:
@@ -140,7 +139,10 @@ class LocalBackend:
                             with contextlib.suppress(FileNotFoundError):
                                 st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
                                 if stat.S_ISREG(st.st_mode) and not _is_tmp(name):
-                                    found[os.path.normpath(os.path.join(parent, name))] = st.st_size
+                                    relative = os.path.normpath(os.path.join(parent, name))
+                                    found[relative] = st.st_size
+                                    if tags is not None:
+                                        tags[relative] = _marker(st)
             except FileNotFoundError:
                 return {}
         return found
@@ -160,7 +162,7 @@ class LocalBackend:
         ):
             shutil.copyfileobj(source, target)
 
-    def copy(self, source: str, path: str) -> None:
+    def copy(self, source: str, path: str, expect: str | None = None) -> None:
         src_folder, src_name = os.path.split(source)
         folder, name = os.path.split(path)
         with (
@@ -169,7 +171,15 @@ class LocalBackend:
             open(_open_at(src_fd, src_name, _READ, path=src_folder), "rb") as data,
             _folder(folder, create=True) as fd,
         ):
+            if expect is not None and _marker(os.fstat(data.fileno())) != expect:
+                msg = f"{source} changed since it was listed"
+                raise ConflictError(msg)
             _replace_from(fd, name, data)
+
+
+def _marker(st: os.stat_result) -> str:
+    """Every write is a rename of a new file: the inode changes with each one."""
+    return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
 
 
 def _is_tmp(name: str) -> bool:

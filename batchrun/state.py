@@ -45,7 +45,7 @@ from batchrun._statefiles import (
     snapshot,
     write_record,
 )
-from batchrun.errors import FencedError, StoreError
+from batchrun.errors import ConflictError, FencedError, StoreError
 from batchrun.plan import StateConfig
 from batchrun.progress import ProgressStore, encode_key
 
@@ -146,6 +146,7 @@ class EvalFolder:
         self._synced: dict[str, Stat] = {}  # what the attempt's stored folder holds
         self._base: dict[str, Stat] = {}  # what the restore left locally
         self._base_number: int | None = None  # the attempt it was restored from
+        self._tags: dict[str, str] = {}  # the stored files restored, by their version tags then
         self._older: list[int] = []  # attempts whose folders go once this one has a marker
         self._syncs = 0  # markers written
         self._owed = False  # something was sent or deleted since the last marker
@@ -180,6 +181,8 @@ class EvalFolder:
         record = read_record(self._record)
         if record.get("source") != origin or _files(record) != scan(self.local):
             self._download(number, stopping)
+        else:
+            self.store.backend.files(f"{self._stored}/{number}", self._tags)
         self._base, self._base_number = scan(self.local), number
         write_record(self._record, {"source": origin, "files": self._base})
 
@@ -187,7 +190,8 @@ class EvalFolder:
         empty_folder(self.local)
         remove(self._record)
         backend = self.store.backend
-        files = backend.files(f"{self._stored}/{number}")
+        self._tags = {}
+        files = backend.files(f"{self._stored}/{number}", self._tags)
         for name in sorted(files):
             if stopping():
                 raise RestoreStoppedError
@@ -271,15 +275,10 @@ class EvalFolder:
         path = copy or os.path.join(self.local, *name.split("/"))
         self.store.guard()
         backend = self.store.backend
+        restored = copy is None and name not in self._synced and self._base.get(name) == info
+        tag = self._tags.get(name) if restored else None
         try:
-            if (
-                copy is None
-                and self._base_number is not None
-                and name not in self._synced
-                and self._base.get(name) == info
-            ):
-                backend.copy(f"{self._stored}/{self._base_number}/{name}", f"{self._own}/{name}")
-            else:
+            if tag is None or not self._copied(name, tag):  # as restored: copied inside the store
                 backend.upload(path, f"{self._own}/{name}")
         except StoreError:
             if not os.path.lexists(path):
@@ -287,6 +286,16 @@ class EvalFolder:
             raise
         self._synced[name] = info
         return 1
+
+    def _copied(self, name: str, tag: str) -> bool:
+        """Copy a file unchanged since the restore inside the store, if the restored-from attempt's
+        copy is still what was restored (a holder that lost its claim may have written since).
+        """
+        try:
+            self.store.backend.copy(f"{self._stored}/{self._base_number}/{name}", f"{self._own}/{name}", tag)
+        except ConflictError:
+            return False
+        return True
 
     def _delete(self, names: list[str]) -> None:
         if names:

@@ -238,12 +238,6 @@ def test_a_stale_holders_late_completion_never_wipes_the_kept_results(uri: str, 
 # --- finding 4: the first sync copies from a folder that changed since the restore --------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 4: the first sync of attempt N+1 copies 'unchanged' files from attempt N's stored folder "
-    "(_send, backend.copy) without checking they are still what was restored; a stale holder of N that "
-    "syncs meanwhile puts its newer content into the new holder's state",
-)
 def test_the_first_sync_never_copies_what_a_stale_holder_wrote_after_the_restore(uri: str, tmp_path: Path) -> None:
     old_store, new_store = open_store(uri), open_store(uri)
     with keeper(old_store, tmp_path / "old").folder(attempt("e", 1, writer="old")) as old:
