@@ -150,6 +150,9 @@ def test_inspect_stopped_halfway_resumes_on_a_new_pod_and_repeats_at_most_the_sa
     until_done(pod1, SAMPLES // 2, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 128 + signal.SIGTERM, pod1.output()
+    # inspect exits 0 after SIGINT: the attempt still counts as interrupted, not completed.
+    status = json.loads(batchrun("status", "--progress", URI, "--json", env=pod1.env).stdout)
+    assert (status["done"], status["evals"][0]["interrupted"]) == (0, 1)
     repeated = check_resumed(pod1, pod2, pod2.run())
     # The partial log holds every sample that completed. One sample runs at a time, so only the
     # one in flight can have been cut off after its journal said done (in its generate or scoring
