@@ -1,11 +1,16 @@
 """A stand-in for an eval command (like `oaieval MODEL EVAL`), so the demo needs no eval framework.
 
-Usage: python examples/demo_eval.py MODEL EVAL. Prints a few lines, takes a moment, exits 0.
+Usage: python examples/demo_eval.py MODEL EVAL. Prints a few lines, takes a moment, exits 0. With a
+state folder (`batchrun run --state`, or `{state}` in the command), it writes its accuracy to
+metrics.json there, which `batchrun report` shows.
 """
 
+import json
+import os
 import random
 import sys
 import time
+from pathlib import Path
 
 SKILL = 0.7  # chance that the pretend model gets a sample right
 
@@ -19,3 +24,7 @@ for i in range(samples):
     correct += rng.random() < SKILL
     print(f"  sample {i + 1}/{samples}", flush=True)
 print(f"{eval_name}: accuracy {correct / samples:.2f}", flush=True)
+state = os.environ.get("BATCHRUN_STATE")
+if state:
+    metrics = {"accuracy": round(correct / samples, 3), "samples": samples}
+    Path(state, "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
