@@ -99,8 +99,8 @@ class Tally:
         self.inner.download(path, local)
         self.received += os.path.getsize(local)
 
-    def copy(self, source: str, path: str) -> None:
-        self.inner.copy(source, path)
+    def copy(self, source: str, path: str, expect: str | None = None) -> None:
+        self.inner.copy(source, path, expect)
         self.copies += 1
 
 
