@@ -71,6 +71,11 @@ def test_repeated_kills_complete_every_eval_exactly_once(s3_env: dict[str, str],
     # Kills come right after evals end, so a lost eval that reruns alone can be killed again and
     # again by chance: --max-lost is not what this test is about.
     args += ["--max-attempts", "10", "--max-lost", "10", "--retry-backoff", "0"]
+    # Each restart is a new worker id, and the dead workers' heartbeats stay in the store: from the
+    # ninth start on there are more than a starting worker reads at once, so it reads the dead holder
+    # of the evals left only after two quiet heartbeats (20 s each time at the default 10 s: most of
+    # this test's time). Beats every 0.5 s take the same path, with a 1 s wait.
+    args += ["--heartbeat", "0.5"]
     rng = random.Random(1234 + int(jobs))
     kills = 0
     for attempt in range(30):
