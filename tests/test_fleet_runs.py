@@ -219,7 +219,9 @@ def test_a_stalled_worker_loses_its_evals_and_records_nothing_after_it_resumes(
     """SIGSTOP stops a worker's heartbeat, not its eval: others take its eval after the timeout;
     on SIGCONT it finds it was declared dead, stops, writes nothing, and exits 75.
     """
-    evals = [f"e{i:02d}" for i in range(8)]
+    # Four evals of 1 s: the other worker runs its three (3 s, past the 1.5 s timeout) before it
+    # reaches the stalled worker's, and declares that worker dead then.
+    evals = [f"e{i:02d}" for i in range(4)]
     options = ["--jobs", "1", "--heartbeat", "0.3", "--worker-timeout", "1.5", "--grace", "1"]
     fleet = make_fleet(tmp_path, s3_env, evals, *options, seconds="1.0")
     stalled = fleet.start("a")
