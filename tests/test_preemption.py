@@ -117,11 +117,9 @@ def test_restart_with_the_same_command_completes_an_interrupted_eval(evalset: Pa
     proc = start(evalset, s3_env, "--command", command, "--stop-signal", "INT")
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
-    assert {name: e["state"] for name, e in status(evalset, s3_env).items()} == dict.fromkeys(
-        ["first", "second", "third"], "done"
-    )
-    first = status(evalset, s3_env)["first"]
-    assert (first["attempts"], first["interrupted"]) == (1, 1)
+    report = status(evalset, s3_env)
+    assert {name: e["state"] for name, e in report.items()} == dict.fromkeys(["first", "second", "third"], "done")
+    assert (report["first"]["attempts"], report["first"]["interrupted"]) == (1, 1)
 
 
 def test_eval_that_ignores_the_stop_signal_is_killed_after_the_grace(evalset: Path, s3_env: dict[str, str]) -> None:
@@ -210,7 +208,8 @@ def test_timeout_stops_the_eval_and_counts_as_a_failed_attempt(evalset: Path, s3
     (evalset / "s.txt").write_text("slow\nfast\n")
     journal = evalset / "journal"
     command = fake_command(journal, "--sleep", "60", "--trap", "ignore")
-    proc = start(evalset, s3_env, "--command", command, "--eval-timeout", "1", "--grace", "1", "--max-attempts", "1")
+    args = ("--command", command, "--eval-timeout", "1", "--grace", "1", "--max-attempts", "1", "--jobs", "2")
+    proc = start(evalset, s3_env, *args)  # both at once: each takes the timeout plus the grace
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1, stderr
     assert not alive(int(wait_for(journal, "start")[0][3]))
