@@ -376,6 +376,12 @@ class Fleet:
         except ConflictError:
             entry.marker, entry.since = "", time.monotonic()
             return False
+        # Our own write changed the object: learn its new marker, so that the next listing does not
+        # take the change for a sign of life (and wait two heartbeats before reading it again).
+        marker = self.backend.markers(self.folder).get(name, "")
+        again = self.backend.read(path)
+        if again is not None and again.data == dead.to_bytes():
+            entry.marker, entry.since = marker, time.monotonic()
         entry.content, entry.read_marker = dead, entry.marker
         log.warning("worker.declared_dead", worker=current.worker, why=why, was=current.describe())
         return True

@@ -62,6 +62,22 @@ def test_a_stalled_worker_is_declared_dead_after_the_timeout_and_learns_it_at_it
         a.confirm()  # and every write after that is refused
 
 
+def test_a_worker_declared_dead_stays_dead_at_the_next_listing(progress_uri: str) -> None:
+    """The declaration's own write is not taken for a sign of life: the next listing sees the dead
+    heartbeat at once (it took two heartbeats, before a worker took the dead one's other evals).
+    """
+    a = member(open_store(progress_uri), "a")
+    b = member(open_store(progress_uri), "b")
+    b.observe(force=True)
+    started = time.monotonic()
+    while b.holds("a", a.writer):
+        time.sleep(0.05)
+        assert time.monotonic() - started < 10 * TIMEOUT
+    b.observe(force=True)
+    assert not b.holds("a", a.writer)
+    assert b.others_live() == 0
+
+
 def test_a_worker_that_beats_again_in_time_is_not_declared_dead(progress_uri: str) -> None:
     """The declaration is a conditional write on what was observed: a beat in between wins."""
     a = member(open_store(progress_uri), "a", timeout=0.6)
