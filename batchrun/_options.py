@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import signal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,6 +33,26 @@ class StopSignal(enum.StrEnum):
     QUIT = "QUIT"
     USR1 = "USR1"
     USR2 = "USR2"
+
+
+def parse_stop_signal(text: str) -> signal.Signals:
+    """A --stop-signal value in any case, with or without SIG (``int``, ``SIGINT``, ``INT``)."""
+    name = text.strip().upper().removeprefix("SIG")
+    if name not in StopSignal.__members__:
+        valid = ", ".join(StopSignal.__members__)
+        msg = f"--stop-signal {text!r} is not a signal batchrun sends; give one of {valid} (any case, SIG optional)"
+        raise BadInputError(msg)
+    return signal.Signals[f"SIG{name}"]
+
+
+def parse_log_format(text: str) -> LogFormat:
+    """A --log-format value in any case."""
+    try:
+        return LogFormat(text.strip().lower())
+    except ValueError:
+        valid = ", ".join(f.value for f in LogFormat)
+        msg = f"--log-format {text!r} is not a log format; give one of {valid}"
+        raise BadInputError(msg) from None
 
 
 ProgressOpt = Annotated[
@@ -104,8 +125,10 @@ KeepStateOpt = Annotated[
     ),
 ]
 LogFormatOpt = Annotated[
-    LogFormat,
-    typer.Option("--log-format", envvar="BATCHRUN_LOG_FORMAT", help="Log lines as JSON or for a terminal."),
+    str,
+    typer.Option(
+        "--log-format", envvar="BATCHRUN_LOG_FORMAT", help="Log lines as JSON or for a terminal: auto, json, console."
+    ),
 ]
 
 

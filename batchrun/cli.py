@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import sys
 from typing import Annotated, NoReturn
 
@@ -26,10 +25,11 @@ from batchrun._options import (
     StateOpt,
     StateRootOpt,
     StateSyncOpt,
-    StopSignal,
     StorageOpt,
     check_numbers,
     locate,
+    parse_log_format,
+    parse_stop_signal,
     parse_storage_options,
     state_config,
 )
@@ -45,6 +45,19 @@ from batchrun.progress import ProgressStore
 from batchrun.runner import Runner
 from batchrun.status import Frames, build_report, dumps, watch
 
+# The words after `--` on the command line (set by main(); None when the app is run another way):
+# extra args reach the eval's command only from there, so a stray word is an error, not an argument.
+_after_dashes: tuple[str, ...] | None = None
+
+
+def check_extra_args(extra: tuple[str, ...]) -> None:
+    """Refuse extra args that were not given after ``--`` (`run m set.yaml true`, `--fresh true`)."""
+    if _after_dashes is None or extra == _after_dashes:
+        return
+    msg = f"unexpected argument {extra[0]!r}: run takes MODEL and EVAL_SET; extra args for the evals go after --"
+    raise BadInputError(msg)
+
+
 app = typer.Typer(
     name="batchrun",
     help="Run eval sets resumably; progress lives on local disk or in S3.",
@@ -53,6 +66,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version  # noqa: PLC0415 - only for --version
+
+        typer.echo(f"batchrun {version('batchrun')}")
+        raise typer.Exit
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Run eval sets resumably; progress lives on local disk or in S3."""
 
 
 @app.command()
@@ -120,13 +150,14 @@ def run(  # noqa: PLR0913 - one parameter per documented option
         ),
     ] = None,
     stop_signal: Annotated[
-        StopSignal,
+        str,
         typer.Option(
             "--stop-signal",
             envvar="BATCHRUN_STOP_SIGNAL",
-            help="Signal sent to running evals when batchrun stops (INT lets some tools save partial work).",
+            help="Signal sent to running evals when batchrun stops: TERM, INT, HUP, QUIT, USR1 or USR2, "
+            "any case, SIG optional (INT lets some tools save partial work).",
         ),
-    ] = StopSignal.TERM,
+    ] = "TERM",
     grace: Annotated[
         float,
         typer.Option(
@@ -165,7 +196,7 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     state_sync: StateSyncOpt = 30.0,
     keep_state: KeepStateOpt = False,
     final_sync_timeout: FinalSyncOpt = 20.0,
-    log_format: LogFormatOpt = LogFormat.AUTO,
+    log_format: LogFormatOpt = "auto",
 ) -> None:
     """Run every eval of EVAL_SET not yet recorded as completed, then exit. Any number of processes
     started on one progress store share its evals.
@@ -174,7 +205,9 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     # From here on a stop signal ends start-up at once (StoppedError), then stops the runner in order.
     stop.install(raising=True)
     console = Console()
-    configure_logging(console, log_format, terminal=sys.stderr.isatty())
+    configure_logging(console, parse_log_format(log_format), terminal=sys.stderr.isatty())
+    check_extra_args(tuple(extra_args or ()))
+    signum = parse_stop_signal(stop_signal)
     if max_lost < 1:
         raise BadInputError(f"--max-lost must be at least 1, got {max_lost}")
     check_numbers(jobs=jobs, max_attempts=max_attempts, retry_backoff=retry_backoff, grace=grace, timeout=eval_timeout)
@@ -187,7 +220,7 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     options = parse_storage_options(storage_options)
     evals = load_eval_set(eval_set, registry_path or ())
     template.check_eval_names(evals.evals)
-    template.check_program(model=model, eval_name=evals.evals[0], eval_set=evals.name)
+    template.check_program(model=model, evals=evals.evals, eval_set=evals.name)
     location = resolve_location(progress, model=model, eval_set=evals.name)
     store = ProgressStore.open(location, options)
     store.check_importable()  # a file there that is not a progress file is neither imported nor reset
@@ -204,7 +237,7 @@ def run(  # noqa: PLR0913 - one parameter per documented option
         retry_backoff=retry_backoff,
         retry_failed=retry_failed,
         eval_timeout=eval_timeout,
-        stop_signal=signal.Signals[f"SIG{stop_signal.value}"],
+        stop_signal=signum,
         grace=grace,
         worker_id=worker,
         heartbeat=heartbeat,
@@ -284,7 +317,8 @@ def reset(  # noqa: PLR0913
             msg = f"refusing to delete {uri} without --yes (no terminal to confirm on)"
             raise BadInputError(msg)
         if not typer.confirm(f"Delete all progress at {uri}?"):
-            raise typer.Exit(errors.EXIT_BAD_INPUT)
+            typer.echo("nothing deleted")
+            raise typer.Exit(errors.EXIT_EVAL_FAILED)
     store.reset()
     typer.echo(f"deleted progress at {uri}")
 
@@ -326,7 +360,10 @@ app.command()(report)
 
 def main() -> None:
     """Console-script entry point: every error becomes one line on stderr and its exit code."""
+    global _after_dashes  # noqa: PLW0603 - what the command line said, for check_extra_args
     reset_inherited_signals()
+    argv = sys.argv[1:]
+    _after_dashes = tuple(argv[argv.index("--") + 1 :]) if "--" in argv else ()
     try:
         result = app(prog_name="batchrun", standalone_mode=False)
     except BatchrunError as exc:
@@ -334,12 +371,31 @@ def main() -> None:
     except StoppedError as exc:  # a stop signal during start-up (a BaseException, like KeyboardInterrupt)
         _fail(str(exc), exc.exit_code)
     except TyperException as exc:  # usage errors found by the parser: unknown option, missing argument
-        _fail(exc.format_message(), exc.exit_code)
-    except typer.Abort:  # Ctrl-C or end of input at a prompt
-        _fail("aborted", errors.EXIT_SIGINT)
+        _fail(_usage_message(exc), exc.exit_code)
+    except typer.Abort:  # Ctrl-C or end of input at a prompt: end the prompt's line first
+        with contextlib.suppress(OSError):
+            typer.echo("", err=True)
+        _fail("aborted, nothing deleted", errors.EXIT_SIGINT)
     except Exception as exc:  # a bug: not BaseException, so KeyboardInterrupt and SystemExit pass  # noqa: BLE001
         _crashed(exc)
     raise SystemExit(result if isinstance(result, int) else errors.EXIT_OK)
+
+
+def _usage_message(exc: TyperException) -> str:
+    """The parser's message for a bad value, naming the env var only when the value came from it
+    (typer names it whenever the option has one) and without pydantic's "Value error, ".
+    """
+    from typer._click.core import ParameterSource  # noqa: PLC0415 - typer is pinned (pyproject.toml)
+    from typer._click.exceptions import BadParameter, MissingParameter  # noqa: PLC0415
+
+    if not isinstance(exc, BadParameter) or isinstance(exc, MissingParameter) or exc.param is None or exc.ctx is None:
+        return exc.format_message()
+    param = exc.param
+    names = " / ".join(param.opts) or str(param.name).upper()
+    envvar = getattr(param, "envvar", None)
+    source = exc.ctx.get_parameter_source(param.name) if param.name else None
+    where = f" (from {envvar})" if source is ParameterSource.ENVIRONMENT and isinstance(envvar, str) else ""
+    return f"invalid value for {names}{where}: {exc.message.removeprefix('Value error, ')}"
 
 
 def _crashed(exc: Exception) -> NoReturn:

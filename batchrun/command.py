@@ -8,6 +8,7 @@ import shutil
 import string
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from batchrun.errors import CommandTemplateError, EvalSetError
 
@@ -16,6 +17,8 @@ PLACEHOLDERS = frozenset({"model", "eval", "eval_set", "attempt", "state"})
 _CONVERSIONS = (None, "s", "r", "a")
 _PROBE = {"model": "model", "eval": "eval", "eval_set": "set", "attempt": 1, "state": "/state"}
 _WIDE = re.compile(r"[0-9]{5}")  # a width or precision of 10,000 or more: refused, not allocated
+_NOT_YET = "\0state\0"  # {state} while checking: the folder is made later, its files are not checked
+_INTERPRETER = re.compile(r"(python|pypy)[0-9.]*|bash|sh|dash|zsh|node|ruby|perl|Rscript")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +54,24 @@ class CommandTemplate:
         """Whether some word of the command names the eval's state folder."""
         return any(field == "state" for word in self.words for _, field, _, _ in string.Formatter().parse(word))
 
-    def check_program(self, *, model: str, eval_name: str, eval_set: str) -> None:
-        """Raise if the program the template starts can't be found, before anything runs."""
-        program = self.render(model=model, eval_name=eval_name, eval_set=eval_set, attempt=1)[0]
-        if shutil.which(program) is None:
-            msg = f"--command {self.text!r}: program {program!r} not found or not executable"
-            if program == "oaieval":
-                msg += " (install openai/evals, or give --command)"
-            raise CommandTemplateError(msg)
+    def check_program(self, *, model: str, evals: Iterable[str], eval_set: str) -> None:
+        """Raise if the program the template starts can't be found, or is an interpreter (python,
+        bash, node, ...) whose script does not exist for some eval, before anything runs.
+        """
+        for eval_name in evals:
+            argv = self.render(model=model, eval_name=eval_name, eval_set=eval_set, attempt=1, state=_NOT_YET)
+            program = argv[0]
+            if shutil.which(program) is None:
+                msg = f"--command {self.text!r}: program {program!r} not found or not executable"
+                if program == "oaieval":
+                    msg += " (install openai/evals, or give --command)"
+                raise CommandTemplateError(msg)
+            script = argv[1] if len(argv) > 1 and _INTERPRETER.fullmatch(Path(program).name) else "-"
+            if not script.startswith("-") and _NOT_YET not in script and not Path(script).exists():
+                msg = f"--command {self.text!r}: {program} would run {script!r}, which does not exist"
+                raise CommandTemplateError(msg)
+            if not any("{eval" in word for word in self.words[:2]):
+                return  # the program and its script are the same for every eval
 
     def check_eval_names(self, evals: Iterable[str]) -> None:
         """Refuse an eval name starting with ``-`` where it would begin a word before any ``--``:

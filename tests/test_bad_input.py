@@ -37,6 +37,30 @@ GOOD_SET = "good:\n  evals: [a, b]\n"
 STATE = ["run", "m", GOOD, "--state"]
 
 CASES: dict[str, Case] = {
+    "stray word taken for an extra argument": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "true"], 2, r"unexpected argument 'true'.*go after --"
+    ),
+    "value given to a flag": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--fresh", "true", "--", "x"], 2, r"unexpected argument 'true'"
+    ),
+    "stop signal of an unknown name": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--stop-signal", "SIGFOO"], 2, r"give one of TERM, INT, HUP, QUIT"
+    ),
+    "unknown log format": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--log-format", "yaml"], 2, r"give one of auto, json, console"
+    ),
+    "interpreter's script missing": Case(
+        {GOOD: GOOD_SET},
+        ["run", "m", GOOD, "--command", "python3 evals/my_eval.py {model} {eval}"],
+        2,
+        r"python3 would run 'evals/my_eval.py', which does not exist",
+    ),
+    "script missing for one eval": Case(
+        {GOOD: GOOD_SET, "evals/a.sh": "exit 0\n"},
+        ["run", "m", GOOD, "--command", "bash evals/{eval}.sh"],
+        2,
+        r"bash would run 'evals/b.sh', which does not exist",
+    ),
     "state sync of zero": Case({GOOD: GOOD_SET}, [*STATE, "--state-sync", "0"], 2, r"--state-sync must be .* at least"),
     "state sync not a number": Case({GOOD: GOOD_SET}, [*STATE, "--state-sync", "nan"], 2, r"--state-sync must be"),
     "negative final sync timeout": Case(
@@ -173,9 +197,14 @@ CASES: dict[str, Case] = {
         r"progress path .*/progress/earlier is a directory; end it with / to put the progress file inside",
     ),
     "unknown stop signal": Case(
-        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--stop-signal", "KILL"], 2, r"'KILL' is not one of 'TERM', 'INT'"
+        {GOOD: GOOD_SET},
+        ["run", "m", GOOD, "--stop-signal", "KILL"],
+        2,
+        r"'KILL' is not a signal batchrun sends; give one of TERM, INT",
     ),
-    "jobs not a number": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--jobs", "many"], 2, r"Invalid value for '--jobs'"),
+    "jobs not a number": Case(
+        {GOOD: GOOD_SET}, ["run", "m", GOOD, "--jobs", "many"], 2, r"invalid value for --jobs / -j: "
+    ),
     "missing argument": Case({}, ["run", "m"], 2, r"Missing argument 'EVAL_SET'"),
     "unknown option": Case({GOOD: GOOD_SET}, ["run", "m", GOOD, "--bogus"], 2, r"No such option: --bogus"),
     "unknown command": Case({}, ["runn"], 2, r"No such command 'runn'"),
