@@ -12,7 +12,7 @@ from typing import Annotated, NoReturn
 import typer
 from typer.exceptions import TyperException
 
-from batchrun import errors
+from batchrun import _help, errors
 from batchrun._console import Console
 from batchrun._identity import RunIdentity
 from batchrun._logging import LogFormat, configure_logging
@@ -58,14 +58,55 @@ def check_extra_args(extra: tuple[str, ...]) -> None:
     raise BadInputError(msg)
 
 
+_help.install()
 app = typer.Typer(
     name="batchrun",
     help="Run eval sets resumably; progress lives on local disk or in S3.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,  # plain help: it wraps where rich's tables cut defaults and env vars off
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
 )
+
+_EXAMPLES = {
+    "run": """Examples:
+
+\b
+  batchrun run demo examples/demo.yaml \\
+    --command "python3 examples/demo_eval.py {model} {eval}"
+  batchrun run gpt-4o-mini my-set --progress s3://bucket/progress/ --jobs 4
+  batchrun run mockllm/model tasks.txt --stop-signal INT --command \\
+    "inspect eval-set {eval} --model {model} --log-dir {state} --log-shared 5"
+  batchrun run gpt-4o-mini my-set -- --max_samples 20""",
+    "status": """Examples:
+
+\b
+  batchrun status gpt-4o-mini my-set
+  batchrun status --json --progress s3://bucket/runs/m.my-set.progress.txt
+  batchrun status gpt-4o-mini my-set --watch""",
+    "reset": """Examples:
+
+\b
+  batchrun reset gpt-4o-mini my-set
+  batchrun reset --yes --progress s3://bucket/runs/m.my-set.progress.txt""",
+    "logs": """Examples:
+
+\b
+  batchrun logs gpt-4o-mini my-set test-match
+  batchrun logs gpt-4o-mini my-set test-match --attempt 2""",
+    "pull": """Examples:
+
+\b
+  batchrun pull mockllm/model tasks.txt --to logs
+  inspect view --log-dir logs
+  batchrun pull gpt-4o-mini my-set test-match --to out --state""",
+    "report": """Examples:
+
+\b
+  batchrun report gpt-4o-mini my-set
+  batchrun report gpt-4o-mini my-set --csv > results.csv""",
+}
 
 
 def _version(value: bool) -> None:
@@ -85,7 +126,7 @@ def _options(
     """Run eval sets resumably; progress lives on local disk or in S3."""
 
 
-@app.command()
+@app.command(epilog=_EXAMPLES["run"])
 def run(  # noqa: PLR0913 - one parameter per documented option
     model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name, passed to the command as {model}.")],
     eval_set: Annotated[
@@ -93,7 +134,9 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     ],
     extra_args: Annotated[
         list[str] | None,
-        typer.Argument(metavar="EXTRA_ARGS", help="Appended to every eval's command.", show_default=False),
+        typer.Argument(
+            metavar="EXTRA_ARGS", help="Appended to every eval's command; give them after --.", show_default=False
+        ),
     ] = None,
     command: Annotated[
         str,
@@ -248,10 +291,12 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     raise typer.Exit(summary.exit_code)
 
 
-@app.command()
+@app.command(epilog=_EXAMPLES["status"])
 def status(  # noqa: PLR0913
-    model: Annotated[str | None, typer.Argument(help="Model name (optional with --progress).")] = None,
-    eval_set: Annotated[str | None, typer.Argument(help="Eval set (optional with --progress).")] = None,
+    model: Annotated[str | None, typer.Argument(metavar="MODEL", help="Model name (optional with --progress).")] = None,
+    eval_set: Annotated[
+        str | None, typer.Argument(metavar="EVAL_SET", help="Eval set (optional with --progress).")
+    ] = None,
     progress: ProgressOpt = None,
     storage_options: StorageOpt = None,
     registry_path: RegistryOpt = None,
@@ -294,10 +339,12 @@ def status(  # noqa: PLR0913
     watch(frame, interval=interval, style=style)
 
 
-@app.command()
+@app.command(epilog=_EXAMPLES["reset"])
 def reset(  # noqa: PLR0913
-    model: Annotated[str | None, typer.Argument(help="Model name (optional with --progress).")] = None,
-    eval_set: Annotated[str | None, typer.Argument(help="Eval set (optional with --progress).")] = None,
+    model: Annotated[str | None, typer.Argument(metavar="MODEL", help="Model name (optional with --progress).")] = None,
+    eval_set: Annotated[
+        str | None, typer.Argument(metavar="EVAL_SET", help="Eval set (optional with --progress).")
+    ] = None,
     progress: ProgressOpt = None,
     storage_options: StorageOpt = None,
     registry_path: RegistryOpt = None,
@@ -323,10 +370,12 @@ def reset(  # noqa: PLR0913
     typer.echo(f"deleted progress at {uri}")
 
 
-@app.command()
+@app.command(epilog=_EXAMPLES["logs"])
 def logs(  # noqa: PLR0913
-    model: Annotated[str, typer.Argument(help="Model name.")],
-    eval_set: Annotated[str, typer.Argument(help="Eval set (file, URL or name; with --progress, any name).")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name.")],
+    eval_set: Annotated[
+        str, typer.Argument(metavar="EVAL_SET", help="Eval set (file, URL or name; with --progress, any name).")
+    ],
     eval_name: Annotated[str, typer.Argument(metavar="EVAL", help="The eval whose output to print.")],
     attempt: Annotated[
         int | None,
@@ -354,8 +403,8 @@ def logs(  # noqa: PLR0913
     sys.stdout.flush()
 
 
-app.command()(pull)
-app.command()(report)
+app.command(epilog=_EXAMPLES["pull"])(pull)
+app.command(epilog=_EXAMPLES["report"])(report)
 
 
 def main() -> None:
