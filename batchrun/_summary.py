@@ -1,0 +1,83 @@
+"""The summary at the end of a run: counts, wall time, and for each eval that failed how it last
+ended and the command that shows its output; a `run.summary` event when logs are JSON, a few
+readable lines otherwise.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from batchrun._state import Attempt, RunState
+
+_SHOWN = 10  # failed evals listed in the readable summary; the event lists them all
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What names the run on a command line."""
+
+    model: str
+    eval_set: str
+    progress: str
+
+
+def _ended(attempt: Attempt | None) -> str:
+    if attempt is None:
+        return "never ran here"
+    if attempt.reason == "lost":
+        return "its pod died while it ran alone"
+    if attempt.reason == "timeout":
+        return "timed out"
+    if attempt.exit_code is not None and attempt.exit_code < 0:
+        return f"killed by signal {-attempt.exit_code}"
+    if attempt.exit_code is None:
+        return "never finished"
+    return f"exit {attempt.exit_code}"
+
+
+def run_summary(  # noqa: PLR0913 - the run's counts and where to look
+    info: RunInfo, state: RunState, *, total: int, done: int, failed: tuple[str, ...], duration: float
+) -> dict[str, Any]:
+    """The run's summary as event fields."""
+    rows = []
+    for name in failed:
+        attempts = state.of(name)
+        last = attempts[-1] if attempts else None
+        rows.append(
+            {
+                "eval": name,
+                "ended": _ended(last),
+                "attempts": sum(1 for a in attempts if a.counts),
+                "last_output": last.tail[-1] if last is not None and last.tail else None,
+                "logs": shlex.join(["batchrun", "logs", info.model, info.eval_set, name, "--progress", info.progress]),
+            }
+        )
+    fields: dict[str, Any] = {
+        "total": total,
+        "done": done,
+        "failed": len(failed),
+        "pending": total - done - len(failed),
+        "duration_s": round(duration, 3),
+        "failed_evals": rows,
+    }
+    if failed or done < total:  # exit 1
+        fields["hint"] = shlex.join(["batchrun", "status", info.model, info.eval_set, "--progress", info.progress])
+    return fields
+
+
+def render_summary(fields: dict[str, Any]) -> str:
+    """The summary as a few lines for a terminal."""
+    counts = f"{fields['total']} evals: {fields['done']} done, {fields['failed']} failed"
+    lines = [f"{counts}, {fields['pending']} not done, in {fields['duration_s']:.1f} s"]
+    rows = fields["failed_evals"]
+    for row in rows[:_SHOWN]:
+        last = f": {row['last_output']}" if row["last_output"] else ""
+        lines.append(f"  failed: {row['eval']} ({row['ended']}, {row['attempts']} attempts){last}")
+        lines.append(f"    {row['logs']}")
+    if len(rows) > _SHOWN:
+        lines.append(f"  ... and {len(rows) - _SHOWN} more failed evals")
+    if "hint" in fields:
+        lines.append(f"more: {fields['hint']}")
+    return "\n".join(lines) + "\n"
