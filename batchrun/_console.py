@@ -13,12 +13,18 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import IO, Any, BinaryIO, TextIO
 
 _BAR_WIDTH = 24
+_NAMES = 3  # running evals named on the bar; more are counted
+
+# What the bar shows besides the counts: the running evals, how many failed, a stop in progress.
+BarStatus = tuple[Sequence[str], int, str]
 # `{` at the start of a line, or of a part that str.splitlines() would make a line of its own
 # (decoded as UTF-8 or as Latin-1, where NEL is a lone \x85), after nothing visible (spaces,
 # control characters, NULs, byte-order marks, any non-ASCII byte).
@@ -40,6 +46,9 @@ class Console:
         self._total = 0
         self._done_at_start = 0
         self._started = time.monotonic()
+        self._done = 0
+        self._status: Callable[[], BarStatus] | None = None
+        self._ticking = threading.Event()
 
     # --- evals' output --------------------------------------------------------------------
 
@@ -79,15 +88,28 @@ class Console:
 
     # --- the progress bar -----------------------------------------------------------------
 
-    def start_bar(self, *, done: int, total: int) -> None:
-        """Show done/total from now on (a terminal only)."""
+    def start_bar(self, *, done: int, total: int, status: Callable[[], BarStatus] | None = None) -> None:
+        """Show done/total from now on (a terminal only), with what *status* says (running evals,
+        failures, a stop in progress), redrawn every second.
+        """
         self._done_at_start, self._total, self._started = done, total, time.monotonic()
+        self._status = status
         self.update_bar(done)
+        if self._bar_enabled and total:
+            self._ticking.clear()
+            threading.Thread(target=self._tick, name="batchrun-bar", daemon=True).start()
 
-    def update_bar(self, done: int) -> None:
-        """Redraw with *done* evals finished."""
+    def _tick(self) -> None:
+        while not self._ticking.wait(1.0):
+            self.update_bar()
+
+    def update_bar(self, done: int | None = None) -> None:
+        """Redraw with *done* evals finished (as last told, by default)."""
         if not self._bar_enabled or not self._total:
             return
+        done = self._done if done is None else max(done, self._done)
+        self._done = done
+        running, failed, note = self._status() if self._status is not None else ((), 0, "")
         fraction = done / self._total
         filled = int(_BAR_WIDTH * fraction)
         this_run = done - self._done_at_start
@@ -97,14 +119,34 @@ class Console:
             eta = _clock(elapsed / this_run * (self._total - done))
         elif done >= self._total:
             eta = "done"
+        parts = [f"[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] {done}/{self._total} done"]
+        if failed:
+            parts.append(f"{failed} failed")
+        if note:
+            parts.append(note)
+        else:
+            if running:
+                parts.append("running: " + (", ".join(running) if len(running) <= _NAMES else str(len(running))))
+            parts.append(f"{_clock(elapsed)} elapsed, ETA {eta}")
+        text = " | ".join(parts)
+        width = self._width() - 1
+        if len(text) > width:
+            text = text[: max(width - 3, 0)] + "..."
         with self._lock:
             self._clear_bar()
-            bar = "#" * filled + "." * (_BAR_WIDTH - filled)
-            self._bar_text = f"[{bar}] {done}/{self._total} {fraction:4.0%} ETA {eta}"
+            self._bar_text = text
             self._draw_bar()
+
+    def _width(self) -> int:
+        """The terminal's width now (it may be resized), from the stream the bar is drawn on."""
+        try:
+            return os.get_terminal_size(self._err.fileno()).columns
+        except (OSError, ValueError):
+            return shutil.get_terminal_size((100, 24)).columns
 
     def stop_bar(self) -> None:
         """Leave the terminal's last line clean."""
+        self._ticking.set()
         with self._lock:
             self._clear_bar()
             self._bar_text = ""

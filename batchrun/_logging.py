@@ -39,8 +39,18 @@ def _add_logger(_logger: object, _method: str, event: structlog.typing.EventDict
     return event
 
 
-def configure_logging(console: Console, fmt: LogFormat = LogFormat.AUTO, *, terminal: bool) -> None:
-    """Send structlog events through *console*; JSON unless *fmt* is console or stderr is a tty."""
+def _drop_command(_logger: object, _method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """On a terminal, an eval's started line names the eval; its full argv only with --verbose."""
+    event.pop("command", None)
+    return event
+
+
+def configure_logging(
+    console: Console, fmt: LogFormat = LogFormat.AUTO, *, terminal: bool, verbose: bool = False
+) -> None:
+    """Send structlog events through *console*; JSON unless *fmt* is console or stderr is a tty.
+    Readable lines are short: local time of day, and no argv unless *verbose*.
+    """
     use_json = fmt is LogFormat.JSON or (fmt is LogFormat.AUTO and not terminal)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
@@ -48,11 +58,18 @@ def configure_logging(console: Console, fmt: LogFormat = LogFormat.AUTO, *, term
         else structlog.dev.ConsoleRenderer(colors=terminal, exception_formatter=structlog.dev.plain_traceback)
     )
     terse: list[structlog.typing.Processor] = [_add_logger] if use_json else [_drop_run_fields]
+    if not use_json and not verbose:
+        terse.append(_drop_command)
+    stamp = (
+        structlog.processors.TimeStamper(fmt="iso", utc=True)
+        if use_json or verbose
+        else structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False)
+    )
     console.guard_json = use_json
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamp,
             *terse,
             renderer,
         ],

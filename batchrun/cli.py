@@ -240,6 +240,12 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     keep_state: KeepStateOpt = False,
     final_sync_timeout: FinalSyncOpt = 20.0,
     log_format: LogFormatOpt = "auto",
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", envvar="BATCHRUN_VERBOSE", help="Readable log lines in full: UTC times, each argv."
+        ),
+    ] = False,
 ) -> None:
     """Run every eval of EVAL_SET not yet recorded as completed, then exit. Any number of processes
     started on one progress store share its evals.
@@ -248,7 +254,7 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     # From here on a stop signal ends start-up at once (StoppedError), then stops the runner in order.
     stop.install(raising=True)
     console = Console()
-    configure_logging(console, parse_log_format(log_format), terminal=sys.stderr.isatty())
+    configure_logging(console, parse_log_format(log_format), terminal=sys.stderr.isatty(), verbose=verbose)
     check_extra_args(tuple(extra_args or ()))
     signum = parse_stop_signal(stop_signal)
     if max_lost < 1:

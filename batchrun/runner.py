@@ -52,6 +52,7 @@ class Runner:
             model=plan.model, eval_set=plan.eval_set.name, worker=worker, progress=store.location.uri
         )
         self.ledger = Ledger(store, self.stop, plan.stop_signal)
+        self._stopping = ""  # what the bar says during a stop
         self._gate = AloneGate()
 
         # What every eval's environment shares, read once (os.environ decodes on every access).
@@ -100,7 +101,7 @@ class Runner:
         )
         started = time.monotonic()
         self.stop.on_stop(self._begin_stop)
-        self.console.start_bar(done=self.ledger.done, total=len(evals))
+        self.console.start_bar(done=self.ledger.done, total=len(evals), status=self._bar_status)
         scheduler = Scheduler(self.ledger, self.fleet, queue, self.stop.requested)
         scheduler.spread(first=lost_first)
         try:
@@ -295,7 +296,17 @@ class Runner:
         ceiling = min(BACKOFF_CAP_S, self.plan.retry_backoff * 2 ** (attempts - 1))
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
 
+    def _bar_status(self) -> tuple[list[str], int, str]:
+        return sorted(self.executor.running_evals()), len(self.ledger.failed), self._stopping
+
     def _begin_stop(self) -> None:
         """First stop signal: start no new eval, and stop the running ones in the background."""
+        count = len(self.executor.running_evals())
+        if count:
+            evals = f"{count} eval{'s' if count > 1 else ''}"
+            self._stopping = f"stopping: waiting up to {self.plan.grace:g} s for {evals} (Ctrl-C again to kill)"
+        else:
+            self._stopping = "stopping"
+        self.console.update_bar()
         self._gate.wake()
         threading.Thread(target=self.executor.stop_running, name="batchrun-stopper", daemon=True).start()
