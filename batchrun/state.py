@@ -232,7 +232,7 @@ class EvalFolder:
         current = scan(self.local)
         unchanged = current == self._base and not force  # the restored-from attempt is still the truth
         empty = not current and self.stored_nothing  # nothing here, nothing stored: nothing to say
-        if not self._syncs and (unchanged or empty):
+        if not self._syncs and not self._owed and (unchanged or empty):
             return False
         plan = plan_sync(current, self._synced)
         if not plan and not self._owed and self._syncs:
