@@ -6,10 +6,15 @@ readable lines otherwise.
 from __future__ import annotations
 
 import shlex
+import signal
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
+from batchrun._console import Console
 from batchrun._state import Attempt, RunState
+from batchrun.plan import RunSummary
 
 _SHOWN = 10  # failed evals listed in the readable summary; the event lists them all
 
@@ -81,3 +86,28 @@ def render_summary(fields: dict[str, Any]) -> str:
     if "hint" in fields:
         lines.append(f"more: {fields['hint']}")
     return "\n".join(lines) + "\n"
+
+
+def log_end(  # noqa: PLR0913 - what the end of a run reports, and where
+    log: structlog.typing.FilteringBoundLogger,
+    console: Console,
+    info: RunInfo,
+    state: RunState,
+    summary: RunSummary,
+    *,
+    duration: float,
+) -> None:
+    """Log how the run ended (`run.interrupted`, or `run.finished` and its summary: an event when
+    logs are JSON, readable lines on the console otherwise).
+    """
+    counts = {"total": summary.total, "done": summary.done, "failed": len(summary.failed), "ran": summary.ran}
+    fields = {**counts, "duration_s": round(duration, 3), "exit_code": summary.exit_code}
+    if summary.stopped_by is not None:
+        log.warning("run.interrupted", signal=signal.Signals(summary.stopped_by).name, **fields)
+        return
+    log.info("run.finished", **fields)
+    end = run_summary(info, state, total=summary.total, done=summary.done, failed=summary.failed, duration=duration)
+    if console.guard_json:  # logs for a machine: one event
+        log.info("run.summary", **end)
+    else:
+        console.write(render_summary(end))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -22,7 +21,7 @@ from batchrun._policy import AloneGate, NextStep, next_step
 from batchrun._scheduler import Scheduler
 from batchrun._signals import StopRequest
 from batchrun._state import EvalState
-from batchrun._summary import RunInfo, render_summary, run_summary
+from batchrun._summary import RunInfo, log_end
 from batchrun.errors import AttemptTakenError, FencedError, StoreError
 from batchrun.fleet import default_worker_id
 from batchrun.plan import RunPlan, RunSummary
@@ -124,19 +123,8 @@ class Runner:
     def _summary(self, total: int, started: float) -> RunSummary:
         ledger = self.ledger
         summary = RunSummary(total, ledger.done, tuple(ledger.failed), ledger.ran, stopped_by=self.stop.signum)
-        duration = time.monotonic() - started
-        counts = {"total": total, "done": summary.done, "failed": len(summary.failed), "ran": summary.ran}
-        fields = {**counts, "duration_s": round(duration, 3), "exit_code": summary.exit_code}
-        if summary.stopped_by is not None:
-            self.log.warning("run.interrupted", signal=signal.Signals(summary.stopped_by).name, **fields)
-            return summary
-        self.log.info("run.finished", **fields)
         info = RunInfo(self.plan.model, self.plan.eval_set.name, self.store.location.uri)
-        end = run_summary(info, ledger.state, total=total, done=summary.done, failed=summary.failed, duration=duration)
-        if self.console.guard_json:  # logs for a machine: one event
-            self.log.info("run.summary", **end)
-        else:
-            self.console.write(render_summary(end))
+        log_end(self.log, self.console, info, ledger.state, summary, duration=time.monotonic() - started)
         return summary
 
     def _queue(self, evals: tuple[str, ...]) -> tuple[list[tuple[str, int]], int]:
