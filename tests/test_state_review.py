@@ -1,7 +1,6 @@
 """Adversarial review of state folders and results (issue 9): reproductions of defects found in
 batchrun/state.py, _statefiles.py, results.py, _results_cli.py and the backends' file primitives.
-Each test that fails today carries ``xfail(strict=True)`` naming its finding; remove the marker
-with the fix.
+Each failed before its fix; the one still open carries ``xfail(strict=True)`` naming its finding.
 """
 
 from __future__ import annotations
