@@ -140,9 +140,10 @@ class Console:
     def _width(self) -> int:
         """The terminal's width now (it may be resized), from the stream the bar is drawn on."""
         try:
-            return os.get_terminal_size(self._err.fileno()).columns
+            columns = os.get_terminal_size(self._err.fileno()).columns
         except (OSError, ValueError):
-            return shutil.get_terminal_size((100, 24)).columns
+            columns = 0
+        return columns or shutil.get_terminal_size((100, 24)).columns  # a new pty says 0 until sized
 
     def stop_bar(self) -> None:
         """Leave the terminal's last line clean."""

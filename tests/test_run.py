@@ -256,7 +256,7 @@ def test_logs_are_json_events_with_flat_fields(workdir: Path) -> None:
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     names = [e["event"] for e in events]
     assert names[0] == "run.started"
-    assert names[-1] == "run.finished"
+    assert names[-2:] == ["run.finished", "run.summary"]
     assert {"eval.started", "eval.completed", "eval.failed"} <= set(names)
     completed = next(e for e in events if e["event"] == "eval.completed")
     assert {
