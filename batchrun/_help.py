@@ -55,3 +55,44 @@ def install() -> None:
     core.TyperOption.display_type_rich = _option_value_name  # type: ignore[method-assign]
     core.TyperArgument.display_type_rich = _argument_type  # type: ignore[method-assign,assignment]
     core.TyperArgument._usage_display_name = _argument_usage  # type: ignore[method-assign]  # noqa: SLF001
+
+
+# The examples that end each command's help.
+EXAMPLES = {
+    "run": """Examples:
+
+\b
+  batchrun run demo examples/demo.yaml \\
+    --command "python3 examples/demo_eval.py {model} {eval}"
+  batchrun run gpt-4o-mini my-set --progress s3://bucket/progress/ --jobs 4
+  batchrun run mockllm/model tasks.txt --stop-signal INT --command \\
+    "inspect eval-set {eval} --model {model} --log-dir {state} --log-shared 5"
+  batchrun run gpt-4o-mini my-set -- --max_samples 20""",
+    "status": """Examples:
+
+\b
+  batchrun status gpt-4o-mini my-set
+  batchrun status --json --progress s3://bucket/runs/m.my-set.progress.txt
+  batchrun status gpt-4o-mini my-set --watch""",
+    "reset": """Examples:
+
+\b
+  batchrun reset gpt-4o-mini my-set
+  batchrun reset --yes --progress s3://bucket/runs/m.my-set.progress.txt""",
+    "logs": """Examples:
+
+\b
+  batchrun logs gpt-4o-mini my-set test-match
+  batchrun logs gpt-4o-mini my-set test-match --attempt 2""",
+    "pull": """Examples:
+
+\b
+  batchrun pull mockllm/model tasks.txt --to logs
+  inspect view --log-dir logs
+  batchrun pull gpt-4o-mini my-set test-match --to out --state""",
+    "report": """Examples:
+
+\b
+  batchrun report gpt-4o-mini my-set
+  batchrun report gpt-4o-mini my-set --csv > results.csv""",
+}

@@ -5,7 +5,6 @@ and turns BatchrunError into one line on stderr and the error's exit code.
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 from typing import Annotated, NoReturn
 
@@ -14,6 +13,7 @@ from typer.exceptions import TyperException
 
 from batchrun import _help, errors
 from batchrun._console import Console
+from batchrun._help import EXAMPLES
 from batchrun._identity import RunIdentity
 from batchrun._logging import LogFormat, configure_logging
 from batchrun._options import (
@@ -27,7 +27,6 @@ from batchrun._options import (
     StateSyncOpt,
     StorageOpt,
     check_numbers,
-    locate,
     parse_log_format,
     parse_stop_signal,
     parse_storage_options,
@@ -35,6 +34,7 @@ from batchrun._options import (
 )
 from batchrun._results_cli import pull, report
 from batchrun._signals import StopRequest, reset_inherited_signals
+from batchrun._store_cli import logs, reset, status
 from batchrun.command import DEFAULT_COMMAND, CommandTemplate
 from batchrun.errors import BadInputError, BatchrunError, StoppedError
 from batchrun.evalset import load_eval_set
@@ -43,7 +43,6 @@ from batchrun.location import resolve_location
 from batchrun.plan import RunPlan
 from batchrun.progress import ProgressStore
 from batchrun.runner import Runner
-from batchrun.status import Frames, build_report, dumps, watch
 
 # The words after `--` on the command line (set by main(); None when the app is run another way):
 # extra args reach the eval's command only from there, so a stray word is an error, not an argument.
@@ -69,45 +68,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
 )
 
-_EXAMPLES = {
-    "run": """Examples:
-
-\b
-  batchrun run demo examples/demo.yaml \\
-    --command "python3 examples/demo_eval.py {model} {eval}"
-  batchrun run gpt-4o-mini my-set --progress s3://bucket/progress/ --jobs 4
-  batchrun run mockllm/model tasks.txt --stop-signal INT --command \\
-    "inspect eval-set {eval} --model {model} --log-dir {state} --log-shared 5"
-  batchrun run gpt-4o-mini my-set -- --max_samples 20""",
-    "status": """Examples:
-
-\b
-  batchrun status gpt-4o-mini my-set
-  batchrun status --json --progress s3://bucket/runs/m.my-set.progress.txt
-  batchrun status gpt-4o-mini my-set --watch""",
-    "reset": """Examples:
-
-\b
-  batchrun reset gpt-4o-mini my-set
-  batchrun reset --yes --progress s3://bucket/runs/m.my-set.progress.txt""",
-    "logs": """Examples:
-
-\b
-  batchrun logs gpt-4o-mini my-set test-match
-  batchrun logs gpt-4o-mini my-set test-match --attempt 2""",
-    "pull": """Examples:
-
-\b
-  batchrun pull mockllm/model tasks.txt --to logs
-  inspect view --log-dir logs
-  batchrun pull gpt-4o-mini my-set test-match --to out --state""",
-    "report": """Examples:
-
-\b
-  batchrun report gpt-4o-mini my-set
-  batchrun report gpt-4o-mini my-set --csv > results.csv""",
-}
-
 
 def _version(value: bool) -> None:
     if value:
@@ -126,7 +86,7 @@ def _options(
     """Run eval sets resumably; progress lives on local disk or in S3."""
 
 
-@app.command(epilog=_EXAMPLES["run"])
+@app.command(epilog=EXAMPLES["run"])
 def run(  # noqa: PLR0913 - one parameter per documented option
     model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name, passed to the command as {model}.")],
     eval_set: Annotated[
@@ -297,120 +257,11 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     raise typer.Exit(summary.exit_code)
 
 
-@app.command(epilog=_EXAMPLES["status"])
-def status(  # noqa: PLR0913
-    model: Annotated[str | None, typer.Argument(metavar="MODEL", help="Model name (optional with --progress).")] = None,
-    eval_set: Annotated[
-        str | None, typer.Argument(metavar="EVAL_SET", help="Eval set (optional with --progress).")
-    ] = None,
-    progress: ProgressOpt = None,
-    storage_options: StorageOpt = None,
-    registry_path: RegistryOpt = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", envvar="BATCHRUN_JSON", help="One JSON object instead of a table.")
-    ] = False,
-    watch_: Annotated[
-        bool, typer.Option("--watch", "-w", help="Redraw every --interval seconds until Ctrl-C.")
-    ] = False,
-    interval: Annotated[float, typer.Option("--interval", help="Seconds between redraws with --watch.")] = 2.0,
-) -> None:
-    """Show each eval's state (done, failed, running, pending) and attempts, and the workers."""
-    if watch_ and not 0 < interval < math.inf:
-        msg = f"--interval must be a positive number of seconds, got {interval:g}"
-        raise BadInputError(msg)
-    store, evals, set_name = locate(model, eval_set, progress, storage_options, registry_path or [])
-    identity = store.identity()
-    if evals is None and identity is None and not store.exists():
-        msg = f"no batchrun progress at {store.location.uri}"
-        raise BadInputError(msg)
-    names = evals.evals if evals is not None else (identity.evals if identity is not None else ())
-
-    def frame() -> str:
-        workers = store.workers()  # before the records: an attempt that ends meanwhile is not taken for lost
-        state = store.load()
-        report = build_report(
-            model or (identity.model if identity else "?"),
-            set_name or (identity.eval_set if identity else "?"),
-            store.location.uri,
-            names or tuple(sorted(state.attempts)),
-            state,
-            workers=workers,
-        )
-        return dumps(report) if as_json else report.to_text()
-
-    if not watch_:
-        typer.echo(frame())
-        return
-    style = Frames.LINES if as_json else (Frames.SCREEN if sys.stdout.isatty() else Frames.BLOCKS)
-    watch(frame, interval=interval, style=style)
-
-
-@app.command(epilog=_EXAMPLES["reset"])
-def reset(  # noqa: PLR0913
-    model: Annotated[str | None, typer.Argument(metavar="MODEL", help="Model name (optional with --progress).")] = None,
-    eval_set: Annotated[
-        str | None, typer.Argument(metavar="EVAL_SET", help="Eval set (optional with --progress).")
-    ] = None,
-    progress: ProgressOpt = None,
-    storage_options: StorageOpt = None,
-    registry_path: RegistryOpt = None,
-    yes: Annotated[
-        bool, typer.Option("--yes", "-y", envvar="BATCHRUN_YES", help="Don't ask for confirmation.")
-    ] = False,
-) -> None:
-    """Delete this run's progress (asks first unless --yes)."""
-    store, _, _ = locate(model, eval_set, progress, storage_options, registry_path or [])
-    uri = store.location.uri
-    if not store.exists():
-        typer.echo(f"nothing stored at {uri}")
-        return
-    store.check_importable()  # never delete a file that is not a progress file
-    if not yes:
-        if not sys.stdin.isatty():
-            msg = f"refusing to delete {uri} without --yes (no terminal to confirm on)"
-            raise BadInputError(msg)
-        if not typer.confirm(f"Delete all progress at {uri}?"):
-            typer.echo("nothing deleted")
-            raise typer.Exit(errors.EXIT_EVAL_FAILED)
-    store.reset()
-    typer.echo(f"deleted progress at {uri}")
-
-
-@app.command(epilog=_EXAMPLES["logs"])
-def logs(  # noqa: PLR0913
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name.")],
-    eval_set: Annotated[
-        str, typer.Argument(metavar="EVAL_SET", help="Eval set (file, URL or name; with --progress, any name).")
-    ],
-    eval_name: Annotated[str, typer.Argument(metavar="EVAL", help="The eval whose output to print.")],
-    attempt: Annotated[
-        int | None,
-        # No BATCHRUN_ATTEMPT env var here: that name is what every eval receives.
-        typer.Option("--attempt", help="Attempt number (default: the latest).", show_default=False),
-    ] = None,
-    progress: ProgressOpt = None,
-    storage_options: StorageOpt = None,
-    registry_path: RegistryOpt = None,
-) -> None:
-    """Print the saved output of one attempt of an eval, even from a pod that is gone."""
-    store, _, _ = locate(model, eval_set, progress, storage_options, registry_path or [])
-    numbers = store.logged_attempts(eval_name)
-    if attempt is None:
-        if not numbers:
-            msg = f"no saved output for eval {eval_name!r} at {store.location.uri}"
-            raise BadInputError(msg)
-        attempt = numbers[-1]
-    output = store.read_log(eval_name, attempt)
-    if output is None:
-        have = ", ".join(map(str, numbers)) or "none"
-        msg = f"no saved output for attempt {attempt} of eval {eval_name!r} (attempts with output: {have})"
-        raise BadInputError(msg)
-    sys.stdout.buffer.write(output)
-    sys.stdout.flush()
-
-
-app.command(epilog=_EXAMPLES["pull"])(pull)
-app.command(epilog=_EXAMPLES["report"])(report)
+app.command(epilog=EXAMPLES["status"])(status)
+app.command(epilog=EXAMPLES["reset"])(reset)
+app.command(epilog=EXAMPLES["logs"])(logs)
+app.command(epilog=EXAMPLES["pull"])(pull)
+app.command(epilog=EXAMPLES["report"])(report)
 
 
 def main() -> None:

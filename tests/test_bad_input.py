@@ -337,12 +337,13 @@ def test_bad_input_fails_cleanly_and_writes_nothing(case: Case, tmp_path: Path, 
 
 # A bug planted at start-up: the function that loads the eval set (run) or finds the store (status) raises.
 INJECTED_BUG = """
+import batchrun._store_cli
 import batchrun.cli
 
 def _bug(*args, **kwargs):
     raise RuntimeError("injected bug\\nsecond line")
 
-batchrun.cli.load_eval_set = batchrun.cli.locate = _bug
+batchrun.cli.load_eval_set = batchrun._store_cli.locate = _bug
 """
 
 

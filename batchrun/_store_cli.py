@@ -1,0 +1,123 @@
+"""The commands that read or clear a run's progress: `status`, `reset` and `logs`."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Annotated
+
+import typer
+
+from batchrun import errors
+from batchrun._options import ProgressOpt, RegistryOpt, StorageOpt, locate
+from batchrun.errors import BadInputError
+from batchrun.status import Frames, build_report, dumps, watch
+
+
+def status(  # noqa: PLR0913
+    model: Annotated[str | None, typer.Argument(metavar="MODEL", help="Model name (optional with --progress).")] = None,
+    eval_set: Annotated[
+        str | None, typer.Argument(metavar="EVAL_SET", help="Eval set (optional with --progress).")
+    ] = None,
+    progress: ProgressOpt = None,
+    storage_options: StorageOpt = None,
+    registry_path: RegistryOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", envvar="BATCHRUN_JSON", help="One JSON object instead of a table.")
+    ] = False,
+    watch_: Annotated[
+        bool, typer.Option("--watch", "-w", help="Redraw every --interval seconds until Ctrl-C.")
+    ] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between redraws with --watch.")] = 2.0,
+) -> None:
+    """Show each eval's state (done, failed, running, pending) and attempts, and the workers."""
+    if watch_ and not 0 < interval < math.inf:
+        msg = f"--interval must be a positive number of seconds, got {interval:g}"
+        raise BadInputError(msg)
+    store, evals, set_name = locate(model, eval_set, progress, storage_options, registry_path or [])
+    identity = store.identity()
+    if evals is None and identity is None and not store.exists():
+        msg = f"no batchrun progress at {store.location.uri}"
+        raise BadInputError(msg)
+    names = evals.evals if evals is not None else (identity.evals if identity is not None else ())
+
+    def frame() -> str:
+        workers = store.workers()  # before the records: an attempt that ends meanwhile is not taken for lost
+        state = store.load()
+        report = build_report(
+            model or (identity.model if identity else "?"),
+            set_name or (identity.eval_set if identity else "?"),
+            store.location.uri,
+            names or tuple(sorted(state.attempts)),
+            state,
+            workers=workers,
+        )
+        return dumps(report) if as_json else report.to_text()
+
+    if not watch_:
+        typer.echo(frame())
+        return
+    style = Frames.LINES if as_json else (Frames.SCREEN if sys.stdout.isatty() else Frames.BLOCKS)
+    watch(frame, interval=interval, style=style)
+
+
+def reset(  # noqa: PLR0913
+    model: Annotated[str | None, typer.Argument(metavar="MODEL", help="Model name (optional with --progress).")] = None,
+    eval_set: Annotated[
+        str | None, typer.Argument(metavar="EVAL_SET", help="Eval set (optional with --progress).")
+    ] = None,
+    progress: ProgressOpt = None,
+    storage_options: StorageOpt = None,
+    registry_path: RegistryOpt = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", envvar="BATCHRUN_YES", help="Don't ask for confirmation.")
+    ] = False,
+) -> None:
+    """Delete this run's progress (asks first unless --yes)."""
+    store, _, _ = locate(model, eval_set, progress, storage_options, registry_path or [])
+    uri = store.location.uri
+    if not store.exists():
+        typer.echo(f"nothing stored at {uri}")
+        return
+    store.check_importable()  # never delete a file that is not a progress file
+    if not yes:
+        if not sys.stdin.isatty():
+            msg = f"refusing to delete {uri} without --yes (no terminal to confirm on)"
+            raise BadInputError(msg)
+        if not typer.confirm(f"Delete all progress at {uri}?"):
+            typer.echo("nothing deleted")
+            raise typer.Exit(errors.EXIT_EVAL_FAILED)
+    store.reset()
+    typer.echo(f"deleted progress at {uri}")
+
+
+def logs(  # noqa: PLR0913
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name.")],
+    eval_set: Annotated[
+        str, typer.Argument(metavar="EVAL_SET", help="Eval set (file, URL or name; with --progress, any name).")
+    ],
+    eval_name: Annotated[str, typer.Argument(metavar="EVAL", help="The eval whose output to print.")],
+    attempt: Annotated[
+        int | None,
+        # No BATCHRUN_ATTEMPT env var here: that name is what every eval receives.
+        typer.Option("--attempt", help="Attempt number (default: the latest).", show_default=False),
+    ] = None,
+    progress: ProgressOpt = None,
+    storage_options: StorageOpt = None,
+    registry_path: RegistryOpt = None,
+) -> None:
+    """Print the saved output of one attempt of an eval, even from a pod that is gone."""
+    store, _, _ = locate(model, eval_set, progress, storage_options, registry_path or [])
+    numbers = store.logged_attempts(eval_name)
+    if attempt is None:
+        if not numbers:
+            msg = f"no saved output for eval {eval_name!r} at {store.location.uri}"
+            raise BadInputError(msg)
+        attempt = numbers[-1]
+    output = store.read_log(eval_name, attempt)
+    if output is None:
+        have = ", ".join(map(str, numbers)) or "none"
+        msg = f"no saved output for attempt {attempt} of eval {eval_name!r} (attempts with output: {have})"
+        raise BadInputError(msg)
+    sys.stdout.buffer.write(output)
+    sys.stdout.flush()
