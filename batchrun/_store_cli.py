@@ -40,6 +40,9 @@ def status(  # noqa: PLR0913
         msg = f"no batchrun progress at {store.location.uri}"
         raise BadInputError(msg)
     names = evals.evals if evals is not None else (identity.evals if identity is not None else ())
+    if identity is None and not watch_ and not as_json and not store.exists():
+        typer.echo(f"no progress stored at {store.location.uri} (the {len(names)} evals of the set have not run)")
+        raise typer.Exit(errors.EXIT_EVAL_FAILED)  # as for a run not done; --json gives the zeros
 
     def frame() -> str:
         workers = store.workers()  # before the records: an attempt that ends meanwhile is not taken for lost

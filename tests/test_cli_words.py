@@ -93,3 +93,15 @@ def test_ctrl_c_at_the_reset_prompt_ends_the_line_and_deletes_nothing(tmp_path: 
     assert prompt_line.lstrip(" [y/N]:").startswith(("\r\n", "\n")), repr(seen)
     assert "batchrun: error: aborted, nothing deleted" in seen
     assert (tmp_path / "p" / "m.s.progress.txt").exists()
+
+
+def test_status_of_a_run_that_never_ran_says_so_and_json_gives_zeros(tmp_path: Path) -> None:
+    (tmp_path / "s.txt").write_text("a\nb\n")
+    progress = f"{tmp_path}/p/"
+    text = batchrun("status", "m", "s.txt", "--progress", progress, cwd=tmp_path)
+    assert text.returncode == 1
+    assert text.stdout.startswith(f"no progress stored at {progress}m.s.progress.txt (the 2 evals of the set")
+    as_json = batchrun("status", "m", "s.txt", "--progress", progress, "--json", cwd=tmp_path)
+    assert as_json.returncode == 0
+    report = json.loads(as_json.stdout)
+    assert (report["total"], report["done"], report["failed"], report["running"]) == (2, 0, 0, 0)
