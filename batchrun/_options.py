@@ -8,11 +8,13 @@ import enum
 import json
 import math
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from batchrun._identity import RunIdentity
 from batchrun._logging import LogFormat
 from batchrun.command import CommandTemplate
 from batchrun.errors import BadInputError, EvalSetError, ProgressLocationError
@@ -205,3 +207,30 @@ def locate(
                 raise
     location = resolve_location(progress, model=model or "", eval_set=set_name or "")
     return ProgressStore.open(location, options), evals, set_name
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    """A run a reading command names: its store, its evals, and whether anything is stored yet."""
+
+    store: ProgressStore
+    names: tuple[str, ...]  # the set's evals, else the stored run's (empty when neither is known)
+    set_name: str | None
+    identity: RunIdentity | None
+    stored: bool
+
+
+def locate_run(
+    model: str | None, eval_set: str | None, progress: str | None, storage_options: str | None, registry: list[str]
+) -> StoredRun:
+    """The run that MODEL/EVAL_SET/--progress name; BadInputError when there is neither an eval
+    set to list nor anything stored.
+    """
+    store, evals, set_name = locate(model, eval_set, progress, storage_options, registry)
+    identity = store.identity()
+    stored = identity is not None or store.exists()
+    if evals is None and not stored:
+        msg = f"no batchrun progress at {store.location.uri}"
+        raise BadInputError(msg)
+    names = evals.evals if evals is not None else (identity.evals if identity is not None else ())
+    return StoredRun(store, names, set_name, identity, stored)

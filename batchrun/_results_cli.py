@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from batchrun._options import ProgressOpt, RegistryOpt, StorageOpt, locate
+from batchrun._options import ProgressOpt, RegistryOpt, StorageOpt, locate_run
 from batchrun._state import Attempt, Outcome, RunState
 from batchrun.errors import BadInputError
 from batchrun.progress import ProgressStore
@@ -99,14 +99,9 @@ def report(  # noqa: PLR0913 - one parameter per documented option
 def _open(
     model: str, eval_set: str, progress: str | None, storage_options: str | None, registry: list[str] | None
 ) -> tuple[ProgressStore, tuple[str, ...], RunState]:
-    store, evals, _ = locate(model, eval_set, progress, storage_options, registry or [])
-    identity = store.identity()
-    if evals is None and identity is None and not store.exists():
-        msg = f"no batchrun progress at {store.location.uri}"
-        raise BadInputError(msg)
-    state = store.load()
-    names = evals.evals if evals is not None else (identity.evals if identity is not None else ())
-    return store, names or tuple(sorted(state.attempts)), state
+    run = locate_run(model, eval_set, progress, storage_options, registry or [])
+    state = run.store.load()
+    return run.store, run.names or tuple(sorted(state.attempts)), state
 
 
 def _row(state: RunState, name: str, metrics: Metrics | None) -> Row:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from batchrun import errors
-from batchrun._options import ProgressOpt, RegistryOpt, StorageOpt, locate
+from batchrun._options import ProgressOpt, RegistryOpt, StorageOpt, locate, locate_run
 from batchrun.errors import BadInputError
 from batchrun.status import Frames, build_report, dumps, watch
 
@@ -34,13 +34,9 @@ def status(  # noqa: PLR0913
     if watch_ and not 0 < interval < math.inf:
         msg = f"--interval must be a positive number of seconds, got {interval:g}"
         raise BadInputError(msg)
-    store, evals, set_name = locate(model, eval_set, progress, storage_options, registry_path or [])
-    identity = store.identity()
-    if evals is None and identity is None and not store.exists():
-        msg = f"no batchrun progress at {store.location.uri}"
-        raise BadInputError(msg)
-    names = evals.evals if evals is not None else (identity.evals if identity is not None else ())
-    if identity is None and not watch_ and not as_json and not store.exists():
+    run = locate_run(model, eval_set, progress, storage_options, registry_path or [])
+    store, names, set_name, identity = run.store, run.names, run.set_name, run.identity
+    if not run.stored and not watch_ and not as_json:
         typer.echo(f"no progress stored at {store.location.uri} (the {len(names)} evals of the set have not run)")
         raise typer.Exit(errors.EXIT_EVAL_FAILED)  # as for a run not done; --json gives the zeros
 

@@ -343,7 +343,7 @@ import batchrun.cli
 def _bug(*args, **kwargs):
     raise RuntimeError("injected bug\\nsecond line")
 
-batchrun.cli.load_eval_set = batchrun._store_cli.locate = _bug
+batchrun.cli.load_eval_set = batchrun._store_cli.locate_run = _bug
 """
 
 
