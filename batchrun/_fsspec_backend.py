@@ -12,7 +12,7 @@ import contextlib
 import errno
 import threading
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from batchrun._backends import Backend, Blob, TruncatedReplyError, hash_tag, retrying, translated
 from batchrun.errors import ConflictError, StoreError
@@ -31,6 +31,8 @@ class FsspecBackend:
     filesystem supports it; replaces are checked against the content under an in-process lock,
     which is exact for memory:// and best effort elsewhere.
     """
+
+    _upload_options: ClassVar[dict[str, Any]] = {}  # passed on to fs.put_file
 
     def __init__(self, fs: AbstractFileSystem, uri_prefix: str) -> None:
         self.fs = fs
@@ -131,7 +133,7 @@ class FsspecBackend:
     def upload(self, local: str, path: str) -> None:
         with translated(self, "upload", path):
             try:
-                retrying(self, "upload", path, lambda: self.fs.put_file(local, path))
+                retrying(self, "upload", path, lambda: self.fs.put_file(local, path, **self._upload_options))
             except FileNotFoundError as exc:
                 raise _no_bucket(self, path) from exc
 
@@ -161,6 +163,9 @@ class S3Backend(FsspecBackend):
     """S3 through s3fs: If-None-Match creates, If-Match replaces on the ETag, exact-key listings
     and deletes, bodies checked against their Content-Length.
     """
+
+    # s3fs sends a file under two chunks in one PUT, read whole: 8 MiB chunks bound that to 16 MiB.
+    _upload_options: ClassVar[dict[str, Any]] = {"chunksize": _CHUNK}
 
     def _sync(self, coro: Coroutine[Any, Any, T]) -> T:
         from fsspec.asyn import sync  # noqa: PLC0415
@@ -195,14 +200,6 @@ class S3Backend(FsspecBackend):
             msg = f"reply cut off: received {len(data)} of {expected} bytes"
             raise TruncatedReplyError(errno.EIO, msg)
         return bytes(data), str(resp["ETag"])
-
-    def upload(self, local: str, path: str) -> None:
-        # s3fs sends a file under two chunks in one PUT, read whole: 8 MiB chunks bound that to 16 MiB.
-        with translated(self, "upload", path):
-            try:
-                retrying(self, "upload", path, lambda: self.fs.put_file(local, path, chunksize=_CHUNK))
-            except FileNotFoundError as exc:
-                raise _no_bucket(self, path) from exc
 
     def tag(self, path: str) -> str | None:
         with translated(self, "stat", path):
