@@ -33,12 +33,13 @@ def results_folder(store: ProgressStore, eval_name: str) -> str:
     return f"{store.location.sidecar}/results/{encode_key(eval_name)}"
 
 
-def keep(store: ProgressStore, eval_name: str, number: int) -> int:
+def keep(store: ProgressStore, eval_name: str, number: int, names: list[str] | None = None) -> int:
     """Make attempt *number*'s stored state the results of *eval_name*, then delete the state of
     it and older attempts; the number of files kept (0 when there is nothing to keep, or another
-    attempt's results are kept, or a newer attempt holds the eval).
+    attempt's results are kept, or a newer attempt holds the eval). *names*: the listing of the
+    eval's stored folder, if already made.
     """
-    names = store.backend.listdir(stored_folder(store, eval_name))
+    names = store.backend.listdir(stored_folder(store, eval_name)) if names is None else names
     markers = synced_attempts(store, eval_name, names)
     if number not in markers or any(n > number for n in markers) or not _claim(store, eval_name, number):
         return 0
@@ -108,7 +109,7 @@ def keep_unkept(store: ProgressStore, state: RunState, evals: Iterable[str]) -> 
             continue
         names = store.backend.listdir(stored_folder(store, name))
         if number in synced_attempts(store, name, names):
-            keep(store, name, number)
+            keep(store, name, number, names)
         else:  # its marker went: the copy was whole, the deletion was cut off
             forget(store, name, [n for n in attempt_numbers(names) if n <= number])
         dealt.append(name)
