@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from helpers import BUCKET, Wrapped, fake_command, open_store
+from state_helpers import attempt, contents, keeper, write
 
 from batchrun import CommandTemplate, EvalSet, RunPlan
 from batchrun._console import Console
@@ -24,39 +25,14 @@ from batchrun._identity import RunIdentity
 from batchrun._results_cli import pull
 from batchrun._signals import StopRequest
 from batchrun._state import Attempt, Outcome, RunState
-from batchrun._statefiles import scan
 from batchrun.errors import BatchrunError, StoreError
 from batchrun.plan import StateConfig
 from batchrun.progress import ProgressStore
 from batchrun.results import keep, keep_unkept, results_folder, source
 from batchrun.runner import Runner
-from batchrun.state import StateKeeper, stored_folder, synced_attempts
+from batchrun.state import stored_folder, synced_attempts
 
 # --- helpers (as in test_state_store.py) ------------------------------------------------------
-
-
-def attempt(name: str, number: int, epoch: int = 0, writer: str = "w") -> Attempt:
-    return Attempt(f"{writer}-{number}", name, number, "worker", time.time(), epoch=epoch)
-
-
-def keeper(store: ProgressStore, root: Path, interval: float = 30.0) -> StateKeeper:
-    return StateKeeper(store, StateConfig(str(root), interval, False), "model", "set")
-
-
-def write(folder: str | Path, files: dict[str, str | None]) -> None:
-    """Write (or with None, delete) files below *folder*, in order, with distinct mtimes."""
-    for name, text in files.items():
-        path = Path(folder, name)
-        if text is None:
-            path.unlink()
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-            time.sleep(0.002)
-
-
-def contents(folder: str | Path) -> dict[str, str]:
-    return {name: Path(folder, name).read_text(encoding="utf-8") for name in scan(str(folder))}
 
 
 def restored(store: ProgressStore, root: Path, name: str, number: int) -> dict[str, str]:

@@ -6,46 +6,21 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import Wrapped, open_store
+from state_helpers import attempt, contents, keeper, write
 
-from batchrun._state import Attempt, Outcome, RunState
-from batchrun._statefiles import local_path, scan
+from batchrun._state import Outcome, RunState
+from batchrun._statefiles import local_path
 from batchrun.errors import FencedError, StoreError
-from batchrun.plan import StateConfig
 from batchrun.progress import ProgressStore
 from batchrun.results import keep, keep_unkept, source
-from batchrun.state import EvalFolder, StateKeeper, stored_folder
+from batchrun.state import EvalFolder, stored_folder
 
 WRITES = ("upload", "copy", "write", "delete", "delete_tree")
-
-
-def attempt(name: str, number: int, epoch: int = 0) -> Attempt:
-    return Attempt(f"w-{number}", name, number, "worker", time.time(), epoch=epoch)
-
-
-def keeper(store: ProgressStore, root: Path, *, keep_state: bool = False) -> StateKeeper:
-    return StateKeeper(store, StateConfig(str(root), 30.0, keep_state), "model", "set")
-
-
-def write(folder: str | Path, files: dict[str, str | None]) -> None:
-    """Write (or with None, delete) files below *folder*."""
-    for name, text in files.items():
-        path = Path(folder, name)
-        if text is None:
-            path.unlink()
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-            time.sleep(0.002)  # distinct mtimes: the order a tool wrote in
-
-
-def contents(folder: str | Path) -> dict[str, str]:
-    return {name: Path(folder, name).read_text(encoding="utf-8") for name in scan(str(folder))}
 
 
 def restored(  # noqa: PLR0913 - the attempt's parts
