@@ -28,6 +28,16 @@ def member(store: ProgressStore, worker: str, *, heartbeat: float = HEARTBEAT, t
     return fleet
 
 
+def wait_until_dead(a: Fleet, b: Fleet) -> float:
+    """Until *b* no longer sees *a* (stalled: it never beats) hold its attempts; the seconds that took."""
+    b.observe(force=True)
+    started = time.monotonic()
+    while b.holds(a.worker, a.writer):
+        time.sleep(0.05)
+        assert time.monotonic() - started < 10 * TIMEOUT
+    return time.monotonic() - started
+
+
 def test_a_beating_worker_holds_its_attempts(progress_uri: str) -> None:
     """While a worker beats, others see its attempts as held, however long it runs."""
     a = member(open_store(progress_uri), "a")
@@ -48,12 +58,8 @@ def test_a_stalled_worker_is_declared_dead_after_the_timeout_and_learns_it_at_it
     """
     a = member(open_store(progress_uri), "a")
     b = member(open_store(progress_uri), "b")
-    b.observe(force=True)
-    started = time.monotonic()
-    while b.holds("a", a.writer):
-        time.sleep(0.05)
-        assert time.monotonic() - started < 10 * TIMEOUT
-    assert time.monotonic() - started >= TIMEOUT - HEARTBEAT  # not before the timeout (listing granularity)
+    waited = wait_until_dead(a, b)
+    assert waited >= TIMEOUT - HEARTBEAT  # not before the timeout (listing granularity)
     stored = {w.worker: w for w in open_store(progress_uri).workers()}
     assert stored["a"].state == "dead"
     with pytest.raises(FencedError, match=r"declared dead .*worker 'b'"):
@@ -68,11 +74,7 @@ def test_a_worker_declared_dead_stays_dead_at_the_next_listing(progress_uri: str
     """
     a = member(open_store(progress_uri), "a")
     b = member(open_store(progress_uri), "b")
-    b.observe(force=True)
-    started = time.monotonic()
-    while b.holds("a", a.writer):
-        time.sleep(0.05)
-        assert time.monotonic() - started < 10 * TIMEOUT
+    wait_until_dead(a, b)
     b.observe(force=True)
     assert not b.holds("a", a.writer)
     assert b.others_live() == 0
