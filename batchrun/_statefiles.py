@@ -1,13 +1,14 @@
 """The local side of an eval's state folder: its name, what is in it, and in which order a sync
 sends what changed.
 
-The order rule. A sync sends new files first, then changed files, each group least recently
-modified first, and deletes stored files that are gone locally last. A tool that writes parts
-and then a manifest naming them (inspect's ``--log-shared`` buffer: new segment files, then its
-``manifest.json`` rewritten) has its manifest modified after the parts, so it is sent after them:
-every manifest stored names parts already stored, and a part it no longer names is deleted only
-after it. Each file is replaced whole (an S3 PUT, a rename on disk), so a sync killed at any
-point leaves every stored file whole and the folder as it was after some prefix of this order.
+The order rule (:meth:`batchrun.state.EvalFolder.sync` carries it out). A sync sends new files
+first, least recently modified first; then it copies the changed files aside as they are at that
+moment, sends every file that appeared or changed since, then the copies; it deletes stored files
+that are gone locally last. A tool that writes parts and then a manifest naming them (inspect's
+``--log-shared`` buffer: new segment files, then its ``manifest.json`` rewritten) thus never has
+a manifest stored that names a part not stored, even while it writes during the sync, and a part
+the manifest no longer names is deleted only after it. Each file is replaced whole (an S3 PUT, a
+rename on disk), so a sync killed at any point leaves every stored file whole.
 """
 
 from __future__ import annotations
