@@ -1,10 +1,13 @@
 """How help reads: plain text that wraps instead of cutting off (defaults and env var names in
-full, at any width), usage lines that say ``MODEL EVAL_SET`` and a value's name (``--jobs N``)
-instead of its Python type (``<int>``). typer is pinned (pyproject.toml): these adjust its
-0.29 help formatting, and tests/test_help.py checks the result at 80 and 120 columns.
+full, at any width), usage lines that say ``MODEL EVAL_SET``, a value's name (``--jobs N``)
+instead of its Python type (``<int>``), and `run`'s many options in groups. typer is pinned
+(pyproject.toml): these adjust its 0.29 help formatting, and tests/test_help.py checks the result
+at 80 and 120 columns.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from typer import core
 
@@ -34,6 +37,49 @@ METAVARS = {
 }
 
 
+# The group an option's help appears under, by its long name; the rest are under "Options".
+GROUPS = {
+    "Progress store": ("--progress", "--storage-options", "--fresh"),
+    "Evals": ("--command", "--jobs", "--registry-path"),
+    "Retries and stopping": (
+        "--max-attempts",
+        "--max-lost",
+        "--retry-backoff",
+        "--retry-failed",
+        "--fail-fast",
+        "--eval-timeout",
+        "--stop-signal",
+        "--grace",
+    ),
+    "State folders": ("--state", "--state-root", "--state-sync", "--final-sync-timeout", "--keep-state"),
+    "Workers": ("--worker-id", "--heartbeat", "--worker-timeout"),
+    "Output": ("--log-format", "--verbose"),
+}
+_GROUP_OF = {name: group for group, names in GROUPS.items() for name in names}
+
+
+def _group(param: Any) -> str:  # noqa: ANN401 - a click parameter
+    return next((_GROUP_OF[opt] for opt in param.opts if opt in _GROUP_OF), "Options")
+
+
+def _format_options(self: core.TyperCommand, ctx: Any, formatter: Any) -> None:  # noqa: ANN401 - click's types
+    """Arguments, then options in their groups (in GROUPS' order), then the ungrouped ones (--help)."""
+    arguments: list[tuple[str, str]] = []
+    grouped: dict[str, list[tuple[str, str]]] = {name: [] for name in (*GROUPS, "Options")}
+    for param in self.get_params(ctx):
+        record = param.get_help_record(ctx)
+        if record is None:
+            continue
+        if param.param_type_name == "argument":
+            arguments.append(record)
+        else:
+            grouped[_group(param)].append(record)
+    for title, records in (("Arguments", arguments), *grouped.items()):
+        if records:
+            with formatter.section(title):
+                formatter.write_dl(records)
+
+
 def _option_value_name(self: core.TyperOption, ctx: object) -> str | None:  # noqa: ARG001 - typer's signature
     if self.metavar is not None:
         return self.metavar
@@ -55,6 +101,7 @@ def install() -> None:
     core.TyperOption.display_type_rich = _option_value_name  # type: ignore[method-assign]
     core.TyperArgument.display_type_rich = _argument_type  # type: ignore[method-assign,assignment]
     core.TyperArgument._usage_display_name = _argument_usage  # type: ignore[method-assign]  # noqa: SLF001
+    core.TyperCommand.format_options = _format_options  # type: ignore[method-assign]
 
 
 # The examples that end each command's help.

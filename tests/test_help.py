@@ -53,3 +53,20 @@ def test_top_level_help_lists_every_command_and_the_version_option() -> None:
     for command in COMMANDS:
         assert re.search(rf"^\s+{command}\s", done.stdout, re.MULTILINE), command
     assert "--version" in done.stdout
+
+
+def test_run_help_puts_every_option_in_a_named_group() -> None:
+    text = help_text("run", 100)
+    headings = [line[:-1] for line in text.splitlines() if line and not line[0].isspace() and line.endswith(":")]
+    assert headings == [
+        "Arguments",
+        "Progress store",
+        "Evals",
+        "Retries and stopping",
+        "State folders",
+        "Workers",
+        "Output",
+        "Options",
+    ]
+    ungrouped = text.split("\nOptions:\n", 1)[1].split("Examples:", 1)[0]
+    assert re.findall(r"--[a-z-]+", ungrouped) == ["--help"], "an option of run outside its group"
