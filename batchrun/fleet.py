@@ -1,4 +1,5 @@
-"""Many processes on one run: worker identity, heartbeats, liveness and fencing.
+"""Many processes on one run: worker identity, heartbeats and fencing (the others' liveness, as
+one worker judges it, is _liveness.py).
 
 Each `batchrun run` process is a *worker* with an id (``--worker-id``; on Kubernetes the Job's
 name and the pod's completion index) and keeps one heartbeat object, ``P.d/workers/W.json``,
@@ -15,8 +16,7 @@ conditional write on it, and the holder's next heartbeat fails and tells it so.
   A worker on the same host and boot whose process is gone is declared dead at once.
 - An orderly stop marks the object ``left`` (If-Match) and deletes it.
 
-Liveness costs one listing of ``workers/`` per interval (S3 returns every ETag in it); objects are
-read only when they stop changing. Nothing here knows evals: the scheduler asks :meth:`Fleet.holds`.
+Nothing here knows evals: the scheduler asks :meth:`Fleet.holds`.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import structlog
 
 from batchrun._backends import Backend
 from batchrun._heartbeat import Heartbeat, boot_id, pid_namespace, process_start
+from batchrun._liveness import Peers, heartbeat_name
 from batchrun.errors import BadInputError, ConflictError, FencedError, StoreError
 
 __all__ = [
@@ -55,7 +56,6 @@ _ID_MAX = 100
 _BAD_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}  # controls, surrogates (undecodable bytes), line breaks
 HEARTBEAT_MIN_S = 0.1
 _TRIES = 20
-_READ_AT_START = 8  # heartbeats read at once by a starting worker, if there are no more than this
 
 log = structlog.get_logger("batchrun.fleet")
 
@@ -72,13 +72,6 @@ def default_worker_id(env: Mapping[str, str] | None = None, host: str | None = N
         job = env.get("JOB_NAME") or host.removesuffix(f"-{index}")  # Indexed Job pods: <job>-<index>
         return f"{job}-{index}"
     return f"{host}-{secrets.token_hex(3)}"
-
-
-def _name(worker: str) -> str:
-    """The name of *worker*'s heartbeat object in ``workers/``."""
-    from batchrun.progress import encode_key  # noqa: PLC0415 - progress imports this module
-
-    return f"{encode_key(worker)}.json"
 
 
 def check_worker_id(worker_id: str) -> str:
@@ -106,16 +99,8 @@ def check_timing(heartbeat: float, timeout: float) -> None:
 
 
 @dataclass(slots=True)
-class _Seen:
-    marker: str
-    since: float  # this process's monotonic clock when the marker was first listed
-    content: Heartbeat | None = None  # read once the marker stopped changing
-    read_marker: str = ""
-
-
-@dataclass(slots=True)
 class Fleet:
-    """One worker's membership (heartbeat, fencing) and its view of the others' liveness."""
+    """One worker's membership (heartbeat, fencing) and its view of the others' liveness (Peers)."""
 
     backend: Backend
     folder: str
@@ -131,15 +116,17 @@ class Fleet:
     _last_ok: float = 0.0  # monotonic time the last successful heartbeat was *sent*
     _defer_until: float = 0.0  # the predecessor's attempts count as running until then
     _left: bool = False
-    _seen: dict[str, _Seen] = field(default_factory=dict)
-    _listed_at: float = -1e18
-    _lock: threading.RLock = field(default_factory=threading.RLock)  # the view of the others
     _beat_lock: threading.RLock = field(default_factory=threading.RLock)  # one heartbeat write at a time
+    _peers: Peers = field(init=False)  # the view of the others
+
+    def __post_init__(self) -> None:
+        """The view of the others starts empty: nothing is listed or read yet."""
+        self._peers = Peers(self.backend, self.folder, self.worker, self.heartbeat_s, self.timeout_s)
 
     @property
     def path(self) -> str:
         """The object of this worker's heartbeat."""
-        return f"{self.folder}/{_name(self.worker)}"
+        return f"{self.folder}/{heartbeat_name(self.worker)}"
 
     # --- membership -----------------------------------------------------------------------
 
@@ -287,41 +274,13 @@ class Fleet:
             stop.set()
             thread.join(timeout=1.0)
 
-    # --- the others -----------------------------------------------------------------------
+    # --- the others (_liveness) ------------------------------------------------------------
 
     def observe(self, *, force: bool = False) -> None:
-        """List ``workers/`` (at most twice per heartbeat interval unless *force*) and note when
-        each object last changed, on this process's clock.
-        """
-        with self._lock:
-            now = time.monotonic()
-            if not force and now - self._listed_at < self.heartbeat_s / 2:
-                return
-            first = self._listed_at < 0
-            markers = self.backend.markers(self.folder)
-            self._listed_at = now
-            seen: dict[str, _Seen] = {}
-            for name, marker in markers.items():
-                old = self._seen.get(name)
-                seen[name] = old if old is not None and old.marker == marker else _Seen(marker, now)
-            self._seen = seen
-        if first and len(seen) <= _READ_AT_START:
-            # A process that died on this machine is known dead at once (a laptop's restart). In a
-            # large fleet each worker would read every other's heartbeat: they are read when needed.
-            for name in list(seen):
-                self._read(name)
+        """List the others' heartbeats, if due (:meth:`Peers.observe`)."""
+        self._peers.observe(force=force)
 
-    def _read(self, name: str) -> Heartbeat | None:
-        entry = self._seen.get(name)
-        if entry is None:
-            return None
-        if entry.read_marker != entry.marker:
-            blob = self.backend.read(f"{self.folder}/{name}")
-            entry.content = None if blob is None else Heartbeat.from_bytes(blob.data)
-            entry.read_marker = entry.marker
-        return entry.content
-
-    def holds(self, worker: str, writer: str) -> bool:  # noqa: PLR0911 - one answer per case, in order
+    def holds(self, worker: str, writer: str) -> bool:
         """Whether the attempt of *worker* written by process *writer* may still be running."""
         if worker == self.worker:
             if writer == self.writer:
@@ -329,72 +288,8 @@ class Fleet:
             if time.monotonic() < self._defer_until:
                 return True
             return self._taken_over()  # an earlier holder of our id, or one that took our place just now
-        self.observe()
-        name = _name(worker)
-        with self._lock:
-            entry = self._seen.get(name)
-            if entry is None:  # not in our last listing: it may have joined since
-                self.observe(force=True)
-                entry = self._seen.get(name)
-            if entry is None:
-                return False  # no heartbeat: it left, or ran before workers had heartbeats
-            quiet = self._listed_at - entry.since
-            # Read once it stops changing (or as read on first sight, when this process started).
-            known = entry.read_marker == entry.marker
-            if quiet < 2 * self.heartbeat_s and not known:
-                return True
-            content = self._read(name)
-            if content is None or content.state != "live":
-                return False
-            if content.process_gone():
-                return not self._declare_dead(name, entry, "its process is gone from this host", gone=True)
-            if quiet < self.timeout_s:
-                return True
-            return not self._declare_dead(name, entry, f"no heartbeat for {quiet:.0f} s")
-
-    def _declare_dead(self, name: str, entry: _Seen, why: str, *, gone: bool = False) -> bool:
-        """Replace a stalled (or, with *gone*, a vanished) worker's heartbeat with a dead one;
-        False if it beat meanwhile, or another process holds the id now.
-        """
-        path = f"{self.folder}/{name}"
-        blob = self.backend.read(path)
-        if blob is None:
-            return True
-        current = Heartbeat.from_bytes(blob.data)
-        if current is None or current.state != "live":
-            return True
-        if gone and not current.process_gone():
-            entry.content, entry.read_marker = current, ""  # a new holder: read again next time
-            return False
-        if self.backend.markers(self.folder).get(name) != entry.marker:
-            entry.marker, entry.since = "", time.monotonic()  # it changed: alive after all
-            return False
-        note = f"by worker {self.worker!r}: {why}"
-        dead = replace(current, state="dead", note=note, at=time.time())
-        try:
-            self.backend.replace(path, dead.to_bytes(), blob.tag)
-        except ConflictError:
-            entry.marker, entry.since = "", time.monotonic()
-            return False
-        # Our own write changed the object: learn its new marker, so that the next listing does not
-        # take the change for a sign of life (and wait two heartbeats before reading it again).
-        marker = self.backend.markers(self.folder).get(name, "")
-        again = self.backend.read(path)
-        if again is not None and again.data == dead.to_bytes():
-            entry.marker, entry.since = marker, time.monotonic()
-        entry.content, entry.read_marker = dead, entry.marker
-        log.warning("worker.declared_dead", worker=current.worker, why=why, was=current.describe())
-        return True
+        return self._peers.holds(worker)
 
     def others_live(self) -> int:
-        """How many other workers look alive now (from the last listing; nothing is read)."""
-        with self._lock:
-            now = time.monotonic()
-            mine = _name(self.worker)
-            return sum(
-                1
-                for name, entry in self._seen.items()
-                if name != mine
-                and now - entry.since < self.timeout_s
-                and (entry.content is None or entry.read_marker != entry.marker or entry.content.state == "live")
-            )
+        """How many other workers look alive now (:meth:`Peers.others_live`)."""
+        return self._peers.others_live()

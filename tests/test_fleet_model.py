@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from batchrun import _liveness as liveness_module
 from batchrun import fleet as fleet_module
 from batchrun._backends import open_backend
 from batchrun.errors import FencedError
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.model
 
 
 class Clock:
-    """time.monotonic and time.time for fleet.py, advanced by the test."""
+    """time.monotonic and time.time for fleet.py and _liveness.py, advanced by the test."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -65,12 +66,14 @@ class FleetMachine(RuleBasedStateMachine):
         self.clock = Clock()
         self._saved_time = fleet_module.time
         fleet_module.time = self.clock  # type: ignore[assignment]
+        liveness_module.time = self.clock  # type: ignore[assignment]
         self.backend = open_backend("memory", {})
         self.folder = f"/fleet-{uuid.uuid4().hex}/workers"
         self.procs: list[Process] = []
 
     def teardown(self) -> None:
         fleet_module.time = self._saved_time
+        liveness_module.time = self._saved_time
 
     def _new(self, worker: str) -> None:
         fleet = Fleet(self.backend, self.folder, worker, uuid.uuid4().hex[:12], HEARTBEAT, TIMEOUT)
