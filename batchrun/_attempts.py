@@ -5,6 +5,7 @@ failed with its last output, interrupted by a stop) and its output saved beside 
 from __future__ import annotations
 
 import contextlib
+import enum
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import structlog
 
 from batchrun._console import Console
 from batchrun._execution import Executor, Result
+from batchrun._failfast import Ending, FailFast
 from batchrun._ledger import Ledger
 from batchrun._state import Attempt, Outcome, RunState
 from batchrun.errors import FencedError, StoreError
@@ -23,6 +25,15 @@ from batchrun.results import keep, keep_unkept
 from batchrun.state import EvalFolder, RestoreStoppedError, StateKeeper
 
 Log = structlog.typing.FilteringBoundLogger
+
+
+class Then(enum.Enum):
+    """What follows an attempt."""
+
+    SETTLED = "settled"  # no further attempt now: completed, failed for good, or nothing more ours
+    RETRY = "retry"  # another attempt after the backoff
+    REQUEUE = "requeue"  # another attempt after the backoff, other evals first (a fail-fast probe)
+    STOPPED = "stopped"  # the run stopped before the attempt started
 
 
 class Attempts:
@@ -39,8 +50,12 @@ class Attempts:
         stopping: Callable[[], bool],
         log: Log,
         states: StateKeeper | None = None,
+        failfast: FailFast | None = None,
+        stop_early: Callable[[str], None] = lambda _: None,
     ) -> None:
-        """Record through *ledger*; *stopping* says whether the run is stopping."""
+        """Record through *ledger*; *stopping* says whether the run is stopping; *stop_early* is
+        called with fail-fast's verdict when one ending decides the run stops.
+        """
         self.plan = plan
         self.store = store
         self.ledger = ledger
@@ -51,22 +66,33 @@ class Attempts:
         self.savers: list[threading.Thread] = []  # logs saved in the background during a stop
         self.completed = 0  # completions of this process, acknowledged
         self.states = states
+        self.failfast = failfast or FailFast(enabled=False)
+        self._stop_early = stop_early
 
-    def run(self, attempt: Attempt, failures: int, *, after_lost: bool) -> bool | None:
-        """Run one claimed attempt and record how it ended: True when the eval needs no further
-        attempt now, False to retry, None when the run stopped before it started.
+    def run(self, attempt: Attempt, failures: int, start: Future[None], *, after_lost: bool) -> Then:
+        """Run one claimed attempt, whose start record *start* is being written, and record how it
+        ended.
         """
+        log = self.log.bind(eval=attempt.eval, attempt=attempt.number)
         if self.states is None:
-            return self._run(attempt, failures, None, after_lost=after_lost)
+            return self._run(attempt, failures, None, start, log, after_lost=after_lost)
         try:
             with self.states.folder(attempt, self._stopping) as folder:  # restored from the store
-                return self._run(attempt, failures, folder, after_lost=after_lost)
+                return self._run(attempt, failures, folder, start, log, after_lost=after_lost)
         except RestoreStoppedError:  # the run is stopping: this attempt never started
             self.ledger.record_soon(attempt.finished(Outcome.INTERRUPTED, exit_code=None, reason="stopping"))
-            return None
+            return Then.STOPPED
 
-    def _run(self, attempt: Attempt, failures: int, folder: EvalFolder | None, *, after_lost: bool) -> bool | None:
-        log = self.log.bind(eval=attempt.eval, attempt=attempt.number)
+    def _run(  # noqa: PLR0913 - the attempt and what it runs with
+        self,
+        attempt: Attempt,
+        failures: int,
+        folder: EvalFolder | None,
+        start: Future[None],
+        log: Log,
+        *,
+        after_lost: bool,
+    ) -> Then:
         argv = self.plan.template.render(
             model=self.plan.model,
             eval_name=attempt.eval,
@@ -74,21 +100,31 @@ class Attempts:
             attempt=attempt.number,
             state="" if folder is None else folder.local,
         )
-        # "alone" is news only when the eval runs alone because its last attempt was lost.
-        log.info("eval.started", command=argv, **({"alone": True} if after_lost else {}))
+        # Logged once the start is durable: with group commit that write also carries the previous
+        # eval's completion, so its `completed` line comes first. "alone" is news only when the
+        # eval runs alone because its last attempt was lost.
+        extra = {"alone": True} if after_lost else {}
+
+        def started_durably(written: Future[None]) -> None:
+            if written.exception() is None:  # else the run stops (Ledger.check_written)
+                log.info("eval.started", command=argv, **extra)
+
+        start.add_done_callback(started_durably)
+        probe = self.failfast.is_probe(attempt.eval)
         started = time.monotonic()
         with contextlib.nullcontext() if folder is None else folder.syncing():
             result = self.executor.execute(attempt, argv, None if folder is None else {"BATCHRUN_STATE": folder.local})
         duration = round(time.monotonic() - started, 3)
         if result is None:  # the run is stopping: this attempt never started
             self.ledger.record_soon(attempt.finished(Outcome.INTERRUPTED, exit_code=None, reason="stopping"))
-            return None
+            return Then.STOPPED
         with self.ledger.lock:
             self.ledger.ran += 1
         completed = result.exit_code == 0 and not result.timed_out and not result.interrupted
         if folder is not None and not self._last_sync(attempt, folder, completed=completed, log=log):
-            return True  # another process holds this worker's place: nothing more is ours to record
+            return Then.SETTLED  # another process holds this worker's place: nothing more is ours to record
         finished, written = self._finish(attempt, result, failures + 1, duration, log)
+        then = self._judge(attempt.eval, result, duration, probe=probe, finished=finished)
         if result.output:  # after the outcome is recorded: a log that can't be saved loses nothing
             if self._stopping():  # don't let a failing store hold up the stop
                 saving = threading.Thread(target=self._save_log, args=(attempt, result.output, log), daemon=True)
@@ -98,7 +134,23 @@ class Attempts:
                 self._save_log(attempt, result.output, log)
         if folder is not None and written is not None:
             self._keep_results(attempt, folder, written, log)
-        return finished
+        return then
+
+    def _judge(self, name: str, result: Result, duration: float, *, probe: bool, finished: bool) -> Then:
+        """What follows an attempt that ran: fail-fast hears how it ended (a verdict stops the run),
+        and has a failed first attempt retried after other evals' first attempts.
+        """
+        if result.interrupted:
+            return Then.SETTLED
+        failed = result.exit_code != 0 and not result.timed_out
+        last = next((line for line in reversed(result.tail) if line.strip()), "")
+        ending = Ending(name, failed=failed, exit_code=result.exit_code, last_line=last.strip(), duration=duration)
+        verdict = self.failfast.ended(ending, probe=probe)
+        if verdict is not None:
+            self._stop_early(verdict)
+        if finished:
+            return Then.SETTLED
+        return Then.REQUEUE if self.failfast.hold_back(ending, probe=probe) else Then.RETRY
 
     def _last_sync(self, attempt: Attempt, folder: EvalFolder, *, completed: bool, log: Log) -> bool:
         """The attempt's last sync, once its process has ended (also after a stop or a timeout);

@@ -1,7 +1,8 @@
 """Which eval a free slot of this worker takes next, when several workers share a run.
 
 A slot takes the first eval of its queue that is neither settled (done, or failed in its round)
-nor held by a live worker (:meth:`Ledger.holder`, :meth:`Fleet.holds`). Claims decide races: a
+nor held by another live worker (:meth:`Ledger.holder`, :meth:`Fleet.holds`), nor waiting out the
+backoff of a retry that went back to the queue (a fail-fast probe, _failfast.py). Claims decide races: a
 slot that loses the claim on an attempt gives the eval back, and it is held by the winner from
 then on. When every eval left is held elsewhere the slots wait, looking again every few seconds,
 and take the evals of workers that die; a slot ends once its queue is empty, so a worker exits
@@ -30,6 +31,7 @@ class Scheduler:
         self.stop = stop
         self._cond = threading.Condition()
         self._queue = list(queue)
+        self._not_before: dict[tuple[str, int], float] = {}  # retries that wait in the queue
         self._refreshed = time.monotonic()
         self._spread = False
         self.poll_s = min(REFRESH_S, fleet.heartbeat_s)
@@ -61,16 +63,23 @@ class Scheduler:
                     return pick
                 if not self._queue:
                     break  # the last evals were settled by others just now
-                self._cond.wait(self.poll_s)
+                now = time.monotonic()
+                retries = [at - now for item, at in self._not_before.items() if item in self._queue]
+                self._cond.wait(max(0.01, min([self.poll_s, *retries])))
                 self._refresh(light=True)
             return None
 
-    def give_back(self, name: str, epoch: int) -> None:
+    def give_back(self, name: str, epoch: int, not_before: float = 0.0) -> None:
         """A slot found the eval held elsewhere (or lost its claim): keep it for later, and look
         at the store again before the next pick (others started meanwhile: spread out from them).
+        A retry given back is not taken before *not_before* (monotonic).
         """
         with self._cond:
             self._queue.append((name, epoch))
+            if not_before > 0:
+                self._not_before[name, epoch] = not_before
+                self._cond.notify_all()
+                return
             self._refreshed = -1e18
             self._cond.notify_all()
         self.spread()
@@ -93,8 +102,11 @@ class Scheduler:
                     self.ledger.count_settled(name, settled)
                     self._queue.remove(item)
                     continue
+                if self._not_before.get(item, 0.0) > time.monotonic():
+                    continue  # a retry waiting out its backoff
                 held = self.ledger.holder(name, epoch)
-                if held is None:
+                if held is None or held.writer == self.ledger.store.writer:  # free, or our own retry
+                    self._not_before.pop(item, None)
                     return item
                 if self.fleet.holds(held.worker, held.writer):
                     continue

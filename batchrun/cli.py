@@ -143,6 +143,15 @@ def run(  # noqa: PLR0913 - one parameter per documented option
             "--retry-failed", envvar="BATCHRUN_RETRY_FAILED", help="Give evals recorded as failed new attempts."
         ),
     ] = False,
+    fail_fast: Annotated[
+        bool,
+        typer.Option(
+            "--fail-fast/--no-fail-fast",
+            envvar="BATCHRUN_FAIL_FAST",
+            help="Stop the run when the first attempts of 3 evals all fail within 1 s the same way "
+            "(one exit code, one last line), instead of retrying every eval with backoff.",
+        ),
+    ] = True,
     eval_timeout: Annotated[
         float | None,
         typer.Option(
@@ -252,6 +261,7 @@ def run(  # noqa: PLR0913 - one parameter per documented option
         heartbeat=heartbeat,
         worker_timeout=worker_timeout,
         state=states,
+        fail_fast=fail_fast,
     )
     summary = Runner(plan, store, console, stop).run()
     raise typer.Exit(summary.exit_code)

@@ -41,6 +41,10 @@ class BatchrunError(Exception):
     exit_code: ClassVar[int] = EXIT_EVAL_FAILED
 
 
+class StoppedEarlyError(BatchrunError):
+    """The first attempts of several evals failed fast the same way (fail-fast); exit 1."""
+
+
 class BadInputError(BatchrunError):
     """Usage or input that can't work; raised before anything runs or is written."""
 

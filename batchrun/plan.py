@@ -40,6 +40,7 @@ class RunPlan:
     heartbeat: float = HEARTBEAT_S
     worker_timeout: float = WORKER_TIMEOUT_S
     state: StateConfig | None = None  # None: no eval has a state folder
+    fail_fast: bool = True  # stop when the first attempts of several evals fail fast alike
 
 
 @dataclass(frozen=True, slots=True)

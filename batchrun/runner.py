@@ -13,16 +13,18 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
 import structlog
 
-from batchrun._attempts import Attempts
+from batchrun._attempts import Attempts, Then
 from batchrun._console import Console
 from batchrun._execution import ExecutionPolicy, Executor
+from batchrun._failfast import FailFast
+from batchrun._final import final_write
 from batchrun._ledger import Holder, Ledger
 from batchrun._policy import AloneGate, NextStep, next_step
 from batchrun._scheduler import Scheduler
 from batchrun._signals import StopRequest
 from batchrun._state import EvalState
 from batchrun._summary import RunInfo, log_end
-from batchrun.errors import AttemptTakenError, FencedError, StoreError
+from batchrun.errors import AttemptTakenError, FencedError, StoppedEarlyError, StoreError
 from batchrun.fleet import default_worker_id
 from batchrun.plan import RunPlan, RunSummary
 from batchrun.progress import ProgressStore
@@ -30,7 +32,6 @@ from batchrun.state import StateKeeper
 
 COMPACT_EVERY_S = 2.0  # for the whole fleet: each of W workers compacts about every W x this
 BACKOFF_CAP_S = 300.0
-FINAL_WRITE_S = 5.0  # during a stop: how long the last records and compaction may take
 
 Log = structlog.typing.FilteringBoundLogger
 
@@ -53,6 +54,7 @@ class Runner:
         self.ledger = Ledger(store, self.stop, plan.stop_signal)
         self._stopping = ""  # what the bar says during a stop
         self._gate = AloneGate()
+        self.failfast = FailFast(enabled=plan.fail_fast)
 
         # What every eval's environment shares, read once (os.environ decodes on every access).
         env = {
@@ -72,6 +74,8 @@ class Runner:
             stopping=self.stop.requested.is_set,
             log=self.log,
             states=None if plan.state is None else StateKeeper(store, plan.state, plan.model, plan.eval_set.name),
+            failfast=self.failfast,
+            stop_early=self._stop_early,
         )
 
     # --- the run --------------------------------------------------------------------------
@@ -86,6 +90,7 @@ class Runner:
         self.ledger.load()
         self.attempts.tidy(self.ledger.state, evals)
         queue, lost_first = self._queue(evals)
+        self.failfast.expect(len(queue))
         self.log.info(
             "run.started",
             total=len(evals),
@@ -118,11 +123,15 @@ class Runner:
             raise self.fleet.fenced
         if self.ledger.errors:
             raise self.ledger.errors[0]
-        return self._summary(len(evals), started)
+        summary = self._summary(len(evals), started)
+        if self.failfast.verdict is not None:
+            raise StoppedEarlyError(self.failfast.verdict)
+        return summary
 
     def _summary(self, total: int, started: float) -> RunSummary:
         ledger = self.ledger
-        summary = RunSummary(total, ledger.done, tuple(ledger.failed), ledger.ran, stopped_by=self.stop.signum)
+        stopped_by = None if self.failfast.verdict is not None else self.stop.signum
+        summary = RunSummary(total, ledger.done, tuple(ledger.failed), ledger.ran, stopped_by=stopped_by)
         info = RunInfo(self.plan.model, self.plan.eval_set.name, self.store.location.uri)
         log_end(self.log, self.console, info, ledger.state, summary, duration=time.monotonic() - started)
         return summary
@@ -151,8 +160,9 @@ class Runner:
 
         def slot() -> None:
             while (item := scheduler.next()) is not None:
-                if not self._run_eval(*item):
-                    scheduler.give_back(*item)
+                later = self._run_eval(*item)
+                if later is not None:
+                    scheduler.give_back(*item, not_before=later)
 
         with ThreadPoolExecutor(self.plan.jobs, thread_name_prefix="batchrun-eval") as pool:
             futures: list[Future[None]] = [pool.submit(slot) for _ in range(self.plan.jobs)]
@@ -182,41 +192,13 @@ class Runner:
         self.stop.request(self.plan.stop_signal)
 
     def _final_write(self) -> None:
-        """The last records and compaction; during a stop, bounded, so the exit stays prompt."""
-        if self.fleet.fenced is not None:
-            return  # another process holds this worker's place: nothing more is ours to write
-        if not self.stop.requested.is_set():
-            self.store.flush()
-            self.ledger.wait_for_acknowledgements(None)
-            self.store.compact()
-            self.fleet.leave()
-            return
-        finished = threading.Event()
-        failure: list[BaseException] = []
+        stopping = self.stop.requested.is_set()
+        final_write(self.store, self.ledger, self.fleet, self.attempts.savers, self.log, stopping=stopping)
 
-        def work() -> None:
-            try:
-                for saver in self.attempts.savers:
-                    saver.join()
-                self.store.flush()
-                self.store.compact()
-                self.fleet.leave()  # after the records: whoever takes these evals next sees them
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                failure.append(exc)
-            finally:
-                finished.set()
-
-        threading.Thread(target=work, name="batchrun-final-write", daemon=True).start()
-        deadline = time.monotonic() + FINAL_WRITE_S
-        # Not cut short by a second signal: the records of interrupted attempts are what keeps them
-        # from counting as lost; the bound is what keeps the exit prompt.
-        while not finished.wait(0.05) and time.monotonic() < deadline:
-            pass
-        if not finished.is_set() or failure:
-            error = str(failure[0]) if failure else f"not done within {FINAL_WRITE_S:g} s"
-            self.log.warning("run.progress_not_saved", error=error)
-            return
-        self.ledger.wait_for_acknowledgements(FINAL_WRITE_S)
+    def _stop_early(self, verdict: str) -> None:
+        """Fail-fast's verdict: the command fails for every eval; stop the run the orderly way."""
+        self.log.error("run.stopped_early", reason=verdict)
+        self.stop.request(self.plan.stop_signal)
 
     # --- one eval -------------------------------------------------------------------------
 
@@ -235,49 +217,58 @@ class Runner:
         step = next_step(attempts, max_attempts=self.plan.max_attempts, max_lost=self.plan.max_lost, running=running)
         return step, holder
 
-    def _run_eval(self, name: str, epoch: int) -> bool:  # noqa: PLR0911 - each way out says why
-        """Attempts of one eval until it completes, gives up, or the run stops: True then; False
-        when another live worker holds the eval (it goes back to the scheduler).
+    def _run_eval(self, name: str, epoch: int) -> float | None:  # noqa: PLR0911 - each way out says why
+        """Attempts of one eval until it completes, gives up, or the run stops: None then. When the
+        eval goes back to the scheduler instead, the time (monotonic) before which it should not
+        be taken again: 0 when another live worker holds it, the retry's time for a fail-fast probe.
         """
         while not self.stop.requested.is_set():
             settled = self.ledger.settled(name, epoch)
             if settled is not None:
                 self.ledger.count_settled(name, settled)
-                return True
+                return None
             step, holder = self._decide(name, epoch)
             if holder is not None:
-                return False
+                return 0.0
             if step.give_up is not None:
                 self.attempts.give_up(step.give_up, step.failures)
-                return True
-            with self._gate.entered(alone=step.alone, stop=self.stop.requested) as entered:
-                if not entered:
-                    return True
-                # Backpressure: no new eval while the store is behind with what the last ones did.
-                # Each running eval may have one batch (its start, the end before it) in flight and
-                # one end queued; beyond that the store is behind, and the run waits for it.
-                self.store.wait_for_room(2 * self.plan.jobs + 1, self.stop.requested)
-                if self.stop.requested.is_set():
-                    return True  # claim nothing that would never run
-                number = self.ledger.next_number(name)
-                alone = step.alone or self.plan.jobs == 1
-                try:
-                    attempt, start_written = self.store.start_later(name, number, epoch, alone=alone)
-                except AttemptTakenError as exc:
-                    self.log.info("eval.claimed_elsewhere", eval=name, attempt=number, worker_id=exc.worker)
-                    self.ledger.lost_claim(name, number, Holder(exc.worker, exc.writer))
-                    return False
-                start_written.add_done_callback(self.ledger.check_written)
-                self.ledger.remember(attempt)
-                finished = self.attempts.run(attempt, step.failures, after_lost=step.alone)
-            if finished is None or finished:
-                return True
+                return None
+            then = self._attempt(name, epoch, step)
+            if then is None:
+                return 0.0
+            if then in {Then.SETTLED, Then.STOPPED}:
+                return None
             delay = self._backoff(step.failures + 1)
             self.log.info("eval.retry_scheduled", eval=name, delay_s=round(delay, 2), attempts=step.failures + 1)
+            if then is Then.REQUEUE:
+                return time.monotonic() + delay  # other evals' first attempts meanwhile
             if self.stop.requested.wait(delay):
-                return True
+                return None
             self.ledger.refresh()  # what other workers did meanwhile counts toward --max-attempts too
-        return True
+        return None
+
+    def _attempt(self, name: str, epoch: int, step: NextStep) -> Then | None:
+        """Claim the eval's next attempt and run it; None when another worker claimed it first."""
+        with self._gate.entered(alone=step.alone, stop=self.stop.requested) as entered:
+            if not entered:
+                return Then.STOPPED
+            # Backpressure: no new eval while the store is behind with what the last ones did.
+            # Each running eval may have one batch (its start, the end before it) in flight and
+            # one end queued; beyond that the store is behind, and the run waits for it.
+            self.store.wait_for_room(2 * self.plan.jobs + 1, self.stop.requested)
+            if self.stop.requested.is_set():
+                return Then.STOPPED  # claim nothing that would never run
+            number = self.ledger.next_number(name)
+            alone = step.alone or self.plan.jobs == 1
+            try:
+                attempt, start_written = self.store.start_later(name, number, epoch, alone=alone)
+            except AttemptTakenError as exc:
+                self.log.info("eval.claimed_elsewhere", eval=name, attempt=number, worker_id=exc.worker)
+                self.ledger.lost_claim(name, number, Holder(exc.worker, exc.writer))
+                return None
+            start_written.add_done_callback(self.ledger.check_written)
+            self.ledger.remember(attempt)
+            return self.attempts.run(attempt, step.failures, start_written, after_lost=step.alone)
 
     def _backoff(self, attempts: int) -> float:
         """Exponential backoff with jitter: about base * 2^(n-1), between half and all of it."""

@@ -16,7 +16,7 @@ import yaml
 from helpers import system_tool
 
 from batchrun import errors
-from batchrun.runner import FINAL_WRITE_S
+from batchrun._final import FINAL_WRITE_S
 
 K8S = Path(__file__).parent.parent / "k8s"
 SINGLE = ["base", "overlays/eks-spot", "overlays/gke-spot", "overlays/s3-compatible"]
