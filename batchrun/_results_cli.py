@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from batchrun import errors
 from batchrun._options import ProgressOpt, RegistryOpt, StorageOpt, locate_run
 from batchrun._state import Attempt, Outcome, RunState
 from batchrun.errors import BadInputError
@@ -37,7 +38,7 @@ def pull(  # noqa: PLR0913 - one parameter per documented option
     """Download evals' results (the state folder of the attempt that completed) to --to DIR/EVAL/,
     e.g. for `inspect view --log-dir DIR`.
     """
-    store, names, state = _open(model, eval_set, progress, storage_options, registry_path)
+    store, names, state, _ = _open(model, eval_set, progress, storage_options, registry_path)
     if eval_name is not None:
         names = (eval_name,)
     pulled = files = size = 0
@@ -81,7 +82,10 @@ def report(  # noqa: PLR0913 - one parameter per documented option
     if as_json and as_csv:
         msg = "give --json or --csv, not both"
         raise BadInputError(msg)
-    store, names, state = _open(model, eval_set, progress, storage_options, registry_path)
+    store, names, state, stored = _open(model, eval_set, progress, storage_options, registry_path)
+    if not stored and not (as_json or as_csv):
+        typer.echo(f"no progress stored at {store.location.uri} (the {len(names)} evals of the set have not run)")
+        raise typer.Exit(errors.EXIT_EVAL_FAILED)  # as `status` says it; --json and --csv give pending rows
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="batchrun-report-") as tmp:
         for index, name in enumerate(names):
@@ -98,10 +102,10 @@ def report(  # noqa: PLR0913 - one parameter per documented option
 
 def _open(
     model: str, eval_set: str, progress: str | None, storage_options: str | None, registry: list[str] | None
-) -> tuple[ProgressStore, tuple[str, ...], RunState]:
+) -> tuple[ProgressStore, tuple[str, ...], RunState, bool]:
     run = locate_run(model, eval_set, progress, storage_options, registry or [])
     state = run.store.load()
-    return run.store, run.names or tuple(sorted(state.attempts)), state
+    return run.store, run.names or tuple(sorted(state.attempts)), state, run.stored
 
 
 def _row(state: RunState, name: str, metrics: Metrics | None) -> Row:

@@ -105,3 +105,15 @@ def test_status_of_a_run_that_never_ran_says_so_and_json_gives_zeros(tmp_path: P
     assert as_json.returncode == 0
     report = json.loads(as_json.stdout)
     assert (report["total"], report["done"], report["failed"], report["running"]) == (2, 0, 0, 0)
+
+
+def test_report_of_a_run_that_never_ran_says_so_and_json_gives_pending_rows(tmp_path: Path) -> None:
+    """A mistyped --progress: the table says nothing is stored there (exit 1), as status does."""
+    (tmp_path / "s.txt").write_text("a\nb\n")
+    progress = f"{tmp_path}/p/"
+    text = batchrun("report", "m", "s.txt", "--progress", progress, cwd=tmp_path)
+    assert text.returncode == 1
+    assert text.stdout.startswith(f"no progress stored at {progress}m.s.progress.txt (the 2 evals of the set")
+    as_json = batchrun("report", "m", "s.txt", "--progress", progress, "--json", cwd=tmp_path)
+    assert as_json.returncode == 0
+    assert [row["state"] for row in json.loads(as_json.stdout)["evals"]] == ["pending", "pending"]
