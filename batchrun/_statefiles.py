@@ -1,7 +1,7 @@
 """The local side of an eval's state folder: its name, what is in it, and in which order a sync
 sends what changed.
 
-The order rule (:meth:`batchrun.state.EvalFolder.sync` carries it out). A sync sends new files
+The order rule (:meth:`batchrun._statesync.FolderSync.sync` carries it out). A sync sends new files
 first, least recently modified first; then it copies the changed files aside as they are at that
 moment, sends every file that appeared or changed since, then the copies; it deletes stored files
 that are gone locally last. A tool that writes parts and then a manifest naming them (inspect's

@@ -1,4 +1,4 @@
-"""Workers' heartbeats, liveness and fencing (batchrun/fleet.py), on real stores: who holds an
+"""Workers' heartbeats, liveness and fencing (batchrun/fleet.py, batchrun/_liveness.py), on real stores: who holds an
 attempt, when a stalled worker is declared dead, how an id is taken over, and what the fenced
 process learns.
 """
