@@ -1,4 +1,4 @@
-"""A search for the fleet's safety rule, with Hypothesis, over batchrun/fleet.py.
+"""A search for the fleet's safety rule, with Hypothesis, over batchrun/fleet.py and batchrun/_liveness.py.
 
 It runs on a memory:// store with one simulated monotonic clock. The rule:
 
