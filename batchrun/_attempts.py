@@ -51,10 +51,10 @@ class Attempts:
         log: Log,
         states: StateKeeper | None = None,
         failfast: FailFast | None = None,
-        stop_early: Callable[[str], None] = lambda _: None,
+        stop_early: Callable[[], None] = lambda: None,
     ) -> None:
         """Record through *ledger*; *stopping* says whether the run is stopping; *stop_early* is
-        called with fail-fast's verdict when one ending decides the run stops.
+        called when an ending decides fail-fast's verdict (the run stops).
         """
         self.plan = plan
         self.store = store
@@ -145,9 +145,8 @@ class Attempts:
         failed = result.exit_code != 0 and not result.timed_out
         last = next((line for line in reversed(result.tail) if line.strip()), "")
         ending = Ending(name, failed=failed, exit_code=result.exit_code, last_line=last.strip(), duration=duration)
-        verdict = self.failfast.ended(ending, probe=probe)
-        if verdict is not None:
-            self._stop_early(verdict)
+        if self.failfast.ended(ending, probe=probe) is not None:
+            self._stop_early()
         if finished:
             return Then.SETTLED
         return Then.REQUEUE if self.failfast.hold_back(ending, probe=probe) else Then.RETRY

@@ -53,6 +53,7 @@ class FailFast:
         self._probed: set[str] = set()
         self._fast: list[Ending] = []
         self.verdict: str | None = None  # why the run stops early, once it does
+        self.evidence: tuple[Ending, ...] = ()  # the probes that decided it
 
     def expect(self, evals_to_run: int) -> None:
         """How many evals this run has to run: fewer than :data:`PROBES` never stop early."""
@@ -80,7 +81,7 @@ class FailFast:
             self._armed = False
             if len({e.signature() for e in self._fast}) > 1:
                 return None
-            self.verdict = _verdict(self._fast)
+            self.verdict, self.evidence = _verdict(self._fast), tuple(self._fast)
             return self.verdict
 
     def hold_back(self, ending: Ending, *, probe: bool) -> bool:

@@ -195,10 +195,12 @@ class Runner:
         stopping = self.stop.requested.is_set()
         final_write(self.store, self.ledger, self.fleet, self.attempts.savers, self.log, stopping=stopping)
 
-    def _stop_early(self, verdict: str) -> None:
+    def _stop_early(self) -> None:
         """Fail-fast's verdict: the command fails for every eval; stop the run the orderly way."""
-        self.log.error("run.stopped_early", reason=verdict)
-        self.stop.request(self.plan.stop_signal)
+        first = self.failfast.evidence[0]
+        evals = [ending.eval for ending in self.failfast.evidence]
+        self.log.error("run.stopped_early", evals=evals, exit_code=first.exit_code, last_line=first.last_line)
+        self.stop.request(self.plan.stop_signal)  # the verdict is the run's last line (StoppedEarlyError)
 
     # --- one eval -------------------------------------------------------------------------
 
@@ -236,7 +238,7 @@ class Runner:
             then = self._attempt(name, epoch, step)
             if then is None:
                 return 0.0
-            if then in {Then.SETTLED, Then.STOPPED}:
+            if then in {Then.SETTLED, Then.STOPPED} or self.stop.requested.is_set():
                 return None
             delay = self._backoff(step.failures + 1)
             self.log.info("eval.retry_scheduled", eval=name, delay_s=round(delay, 2), attempts=step.failures + 1)

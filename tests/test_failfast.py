@@ -44,7 +44,8 @@ def test_a_command_broken_for_every_eval_stops_after_three_first_attempts(tmp_pa
     # nothing else ran; nothing is recorded as failed for good.
     assert attempts == {"a": 1, "b": 1, "c": 1, "d": 0, "e": 0, "f": 0}
     stopped = [e for e in events(stderr) if e["event"] == "run.stopped_early"]
-    assert len(stopped) == 1
+    assert [(e["evals"], e["exit_code"], e["last_line"]) for e in stopped] == [(["a", "b", "c"], 2, "no such eval: a")]
+    assert not [e for e in events(stderr) if e["event"] == "eval.retry_scheduled" and e["eval"] == "c"]
     summary = next(e for e in events(stderr) if e["event"] == "run.summary")
     assert summary["failed"] == 0
     assert summary["pending"] == len(SET)
