@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import selectors
+import select
 import signal
 import subprocess
 import tempfile
@@ -36,7 +36,6 @@ _TRUNCATED = b"\n[batchrun: output beyond this point was not kept]\n"
 _SPOOL_BYTES = 2**20
 _READ_BYTES = 2**16
 _POLL_S = 0.05
-_EXITED = "exited"
 
 
 @dataclass(slots=True)
@@ -76,18 +75,31 @@ class EvalProcess:
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         """Start *argv*, never through a shell; raises OSError if it can't be started."""
-        self.proc = subprocess.Popen(  # noqa: S603 - argv list, never a shell
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
+        # Plain fds, polled and read with os.read: no file objects to set up per attempt.
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(  # noqa: S603 - argv list, never a shell
+                argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, env=env, start_new_session=True
+            )
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        self.pipes = {False: out_r, True: err_r}  # the read ends still open: stdout, stderr
         self._lock = threading.Lock()
         self._reaped = False
         # Put before its output lines that could pass for batchrun's JSON log lines (see Console).
         self.label = f"[{env.get('BATCHRUN_EVAL', 'eval')}] ".encode(errors="replace")
+
+    def close_pipe(self, stderr: bool) -> None:  # noqa: FBT001 - the pipe's key, as the pump holds it
+        """Stop reading one of its output pipes."""
+        fd = self.pipes.pop(stderr, None)
+        if fd is not None:
+            os.close(fd)
 
     def exited(self) -> bool:
         """Whether the leader has exited (without reaping it)."""
@@ -118,6 +130,8 @@ class EvalProcess:
         with self._lock:
             code = self.proc.wait()
             self._reaped = True
+        for stderr in list(self.pipes):  # a pump cut short by an error left them open
+            self.close_pipe(stderr)
         return code
 
     def pump(self, console: Console, prefix: bytes, output: Output, deadline: float | None) -> bool:
@@ -129,50 +143,46 @@ class EvalProcess:
         otherwise hold the pipes open, and outlive batchrun. One that left the group is cut off
         when the drain period ends.
         """
-        with selectors.DefaultSelector() as selector, _exit_watch(self.proc) as exit_fd:
-            return _Pump(self, console, prefix, output, selector, exit_fd).run(deadline)
+        with _exit_watch(self.proc.pid) as exit_fd:
+            return _Pump(self, console, prefix, output, exit_fd).run(deadline)
 
 
 class _Pump:
-    """The state of one pump: the selector, unfinished lines, when the leader exited."""
+    """The state of one pump: what it polls, unfinished lines, when the leader exited.
 
-    def __init__(  # noqa: PLR0913, PLR0917 - one pump's whole context
-        self,
-        process: EvalProcess,
-        console: Console,
-        prefix: bytes,
-        output: Output,
-        selector: selectors.BaseSelector,
-        exit_fd: int | None,
+    poll, not epoll: three fds polled a few times cost less without an epoll fd made and closed.
+    """
+
+    def __init__(
+        self, process: EvalProcess, console: Console, prefix: bytes, output: Output, exit_fd: int | None
     ) -> None:
         self.process, self.console, self.prefix, self.output = process, console, prefix, output
-        self.selector, self.exit_fd = selector, exit_fd
+        self.exit_fd = exit_fd
         self.partial = {False: bytearray(), True: bytearray()}
         self.drain_until: float | None = None  # set when the leader exits
-        for stream, is_err in ((process.proc.stdout, False), (process.proc.stderr, True)):
-            if stream is not None and not stream.closed:
-                selector.register(stream, selectors.EVENT_READ, is_err)
+        self.poller = select.poll()
+        self.pipes = {fd: is_err for is_err, fd in process.pipes.items()}  # polled: fd -> stderr?
+        for fd in self.pipes:
+            self.poller.register(fd, select.POLLIN)
         if exit_fd is not None:
-            selector.register(exit_fd, selectors.EVENT_READ, _EXITED)
+            self.poller.register(exit_fd, select.POLLIN)
 
     def run(self, deadline: float | None) -> bool:
         try:
-            while self.drain_until is None or self._pipes():
-                now = time.monotonic()
+            while self.drain_until is None or self.pipes:
                 if self.drain_until is not None:
                     # The leader is gone: its time limit no longer applies, the drain period does.
                     deadline = self.drain_until
-                if deadline is not None and deadline <= now:
+                wait = self._wait(deadline)
+                if wait is not None and wait <= 0:
                     return self.drain_until is not None
-                wait = None if deadline is None else deadline - now
-                if self.exit_fd is None and self.drain_until is None:  # no pidfd: look now and then
-                    wait = _POLL_S if wait is None else min(wait, _POLL_S)
-                for key, _ in self.selector.select(wait):
-                    if key.data is _EXITED:
-                        self.selector.unregister(key.fileobj)
+                for fd, _ in self.poller.poll(None if wait is None else wait * 1000):
+                    if fd == self.exit_fd:
+                        self.poller.unregister(fd)
+                        self.exit_fd = -1  # seen: not polled again, and no longer needs a look
                         self._on_exit()
-                    else:
-                        self._read(key)
+                    elif fd in self.pipes:
+                        self._read(fd)
                 if self.exit_fd is None and self.drain_until is None and self.process.exited():
                     self._on_exit()
             return True
@@ -183,8 +193,14 @@ class _Pump:
                 self._emit(bytes(pending), is_err=is_err)
                 pending.clear()
 
-    def _pipes(self) -> list[selectors.SelectorKey]:
-        return [key for key in self.selector.get_map().values() if key.data is not _EXITED]
+    def _wait(self, deadline: float | None) -> float | None:
+        """Seconds until *deadline* (None: no limit); at most _POLL_S while the leader's exit can
+        only be seen by looking (no pidfd).
+        """
+        wait = None if deadline is None else deadline - time.monotonic()
+        if self.exit_fd is None and self.drain_until is None:
+            wait = _POLL_S if wait is None else min(wait, _POLL_S)
+        return wait
 
     def _on_exit(self) -> None:
         self.drain_until = time.monotonic() + DRAIN_S
@@ -192,17 +208,20 @@ class _Pump:
 
     def _close_pipes(self) -> None:
         """Stop reading: what still holds the pipes outlived the leader and its drain period."""
-        for key in self._pipes():
-            self.selector.unregister(key.fileobj)
-            key.fileobj.close()  # type: ignore[union-attr]
+        for fd, is_err in list(self.pipes.items()):
+            self._stop_reading(fd, is_err=is_err)
 
-    def _read(self, key: selectors.SelectorKey) -> None:
-        is_err = bool(key.data)
-        chunk = os.read(key.fd, _READ_BYTES)
+    def _stop_reading(self, fd: int, *, is_err: bool) -> None:
+        self.poller.unregister(fd)
+        del self.pipes[fd]
+        self.process.close_pipe(is_err)
+
+    def _read(self, fd: int) -> None:
+        is_err = self.pipes[fd]
+        chunk = os.read(fd, _READ_BYTES)
         pending = self.partial[is_err]
         if not chunk:
-            self.selector.unregister(key.fileobj)
-            key.fileobj.close()  # type: ignore[union-attr]
+            self._stop_reading(fd, is_err=is_err)
             self._emit(bytes(pending), is_err=is_err)
             pending.clear()
             return
@@ -226,10 +245,10 @@ class _Pump:
 
 
 @contextlib.contextmanager
-def _exit_watch(proc: subprocess.Popen[bytes]) -> Iterator[int | None]:
-    """A pidfd that becomes readable when *proc* exits (Linux 5.3+), else None."""
+def _exit_watch(pid: int) -> Iterator[int | None]:
+    """A pidfd that becomes readable when *pid* exits (Linux 5.3+), else None."""
     try:
-        fd = os.pidfd_open(proc.pid)
+        fd = os.pidfd_open(pid)
     except (AttributeError, OSError):
         yield None
         return
