@@ -123,7 +123,7 @@ class Attempts:
         completed = result.exit_code == 0 and not result.timed_out and not result.interrupted
         if folder is not None and not self._last_sync(attempt, folder, completed=completed, log=log):
             return Then.SETTLED  # another process holds this worker's place: nothing more is ours to record
-        finished, written = self._finish(attempt, result, failures + 1, duration, log)
+        finished, written = self._finish(attempt, result, failures + 1, duration, log, start=start)
         then = self._judge(attempt.eval, result, duration, probe=probe, finished=finished)
         if result.output:  # after the outcome is recorded: a log that can't be saved loses nothing
             if self._stopping():  # don't let a failing store hold up the stop
@@ -216,8 +216,8 @@ class Attempts:
         except FencedError:
             pass  # another process holds this worker's place: nothing more is ours to write
 
-    def _finish(
-        self, attempt: Attempt, result: Result, attempts: int, duration: float, log: Log
+    def _finish(  # noqa: PLR0913 - the attempt, how it ended, and its start record
+        self, attempt: Attempt, result: Result, attempts: int, duration: float, log: Log, *, start: Future[None]
     ) -> tuple[bool, Future[None] | None]:
         """Record how an attempt ended: whether the eval needs no further attempt now, and for a
         completion, the future that resolves once it is durable.
@@ -225,7 +225,11 @@ class Attempts:
         total = len(self.plan.eval_set.evals)
         if result.interrupted:
             self.ledger.record_soon(attempt.finished(Outcome.INTERRUPTED, exit_code=result.exit_code, reason="stopped"))
-            log.warning("eval.interrupted", exit_code=result.exit_code, duration_s=duration)
+            # Not waited for (a stop is under way): logged after `eval.started`, which waits for the
+            # start record (callbacks run in the order they were added).
+            start.add_done_callback(
+                lambda _: log.warning("eval.interrupted", exit_code=result.exit_code, duration_s=duration)
+            )
             return True, None
         if result.exit_code == 0 and not result.timed_out:
             # Written with the next attempt's start (group commit); acknowledged once durable.

@@ -39,7 +39,7 @@ class Ending:
         """What the failures must share: the exit code and the last line, with the eval's name as
         ``{eval}`` (``unknown eval 'a'`` and ``unknown eval 'b'`` are one way to fail).
         """
-        alone = rf"(?<![\w.-]){re.escape(self.eval)}(?![\w.-])"  # the name as a word, not inside one
+        alone = rf"(?<!\w){re.escape(self.eval)}(?!\w)"  # as a word: tasks/NAME.py, evals.NAME, NAME-v2
         return self.exit_code, re.sub(alone, "{eval}", self.last_line)
 
 
@@ -84,6 +84,11 @@ class FailFast:
             self.verdict, self.evidence = _verdict(self._fast), tuple(self._fast)
             return self.verdict
 
+    def withdraw(self) -> None:
+        """Forget the verdict: a stop signal came first, and it decides how the run ends."""
+        with self._lock:
+            self.verdict = None
+
     def hold_back(self, ending: Ending, *, probe: bool) -> bool:
         """Whether a failed probe's retry should wait in the queue, so other evals' probes run
         first (while the verdict is still open).
@@ -95,7 +100,7 @@ class FailFast:
 def _verdict(fast: list[Ending]) -> str:
     names = ", ".join(e.eval for e in fast)
     code, line = fast[0].signature()
-    how = f"exit {code}" if code is not None else "no exit code"
+    how = "no exit code" if code is None else f"killed by signal {-code}" if code < 0 else f"exit {code}"
     said = f", last line {line[:MAX_LINE]!r}" if line else ", no output"
     return (
         f"stopped early: the first attempts of {names} all failed within {FAST_S:g} s the same way "

@@ -1,17 +1,21 @@
 """A run's identity, kept in ``P.d/run.json``: what makes two `run` invocations the same run, and
-the generation its records are written under (new after every reset).
+the generation its records are written under (new after every reset). The command and extra args
+may change while no eval has completed (a command broken for every eval, fixed): nothing done
+under the old one would be mixed with the new one's results.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 from batchrun._backends import Backend
 from batchrun.errors import ConflictError, RunIdentityError, StoreError
 
 _TRIES = 20
+_FIELDS = ("model", "eval_set", "command", "extra_args")  # what makes another run
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,9 +29,11 @@ class RunIdentity:
     evals: tuple[str, ...]
     generation: str = field(default="", compare=False)  # set when first stored; new after a reset
 
-    def difference(self, other: RunIdentity) -> str | None:
-        """A phrase naming the first field that differs from *other*, ignoring the eval list."""
-        for name in ("model", "eval_set", "command", "extra_args"):
+    def difference(
+        self, other: RunIdentity, fields: tuple[str, ...] = ("model", "eval_set", "command", "extra_args")
+    ) -> str | None:
+        """A phrase naming the first of *fields* that differs from *other* (the eval list never counts)."""
+        for name in fields:
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine != theirs:
                 return f"{name} was {_shown(theirs)!r}, now {_shown(mine)!r}"
@@ -59,31 +65,38 @@ def read_identity(backend: Backend, path: str, uri: str) -> RunIdentity | None:
     return None if blob is None else read_identity_bytes(blob.data, uri)
 
 
-def claim_identity(backend: Backend, path: str, identity: RunIdentity, uri: str) -> RunIdentity:
+def claim_identity(
+    backend: Backend, path: str, identity: RunIdentity, uri: str, completed_any: Callable[[], bool]
+) -> tuple[RunIdentity, str | None]:
     """Store *identity* (a new generation) or check it against the stored one (keeping its
-    generation, taking a new eval list); refuse another run. Returns what is stored.
+    generation, taking a new eval list, and a new command or extra args while *completed_any* says
+    no eval has completed); refuse another run. Returns what is stored, and the change of command
+    or extra args it took, if any.
     """
     for _ in range(_TRIES):
         blob = backend.read(path)
+        changed = None
         if blob is None:
             new = replace(identity, generation=uuid.uuid4().hex[:16])
         else:
             stored = read_identity_bytes(blob.data, uri)
             difference = identity.difference(stored)
-            if difference is not None:
+            if difference is not None and identity.difference(stored, ("model", "eval_set")) is None:
+                changed = None if completed_any() else difference  # nothing done under the old command
+            if difference is not None and changed is None:
                 msg = (
                     f"progress at {uri} belongs to another run ({difference}); "
                     "use --fresh to start over or --progress to choose another location"
                 )
                 raise RunIdentityError(msg)
             new = replace(identity, generation=stored.generation)
-            if stored.evals == identity.evals:
-                return new
+            if stored.evals == identity.evals and changed is None:
+                return new, None
         try:
             backend.replace(path, new.to_bytes(), None if blob is None else blob.tag)
         except ConflictError:
             continue
-        return new
+        return new, changed
     msg = f"could not record the run identity at {uri}: too many concurrent changes"
     raise StoreError(msg)
 

@@ -69,6 +69,11 @@ class Scheduler:
                 self._refresh(light=True)
             return None
 
+    def wake(self) -> None:
+        """Have waiting slots look again now (the run is stopping)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def give_back(self, name: str, epoch: int, not_before: float = 0.0) -> None:
         """A slot found the eval held elsewhere (or lost its claim): keep it for later, and look
         at the store again before the next pick (others started meanwhile: spread out from them).

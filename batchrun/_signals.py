@@ -104,19 +104,24 @@ class StopRequest:
         if already:
             callback()
 
-    def request(self, signum: int) -> None:
-        """Ask for a stop as if *signum* had arrived."""
+    def request(self, signum: int, *, escalate: bool = True) -> bool:
+        """Ask for a stop as if *signum* had arrived; whether this was the first request. A later
+        one makes the stop urgent (no more grace) unless *escalate* is False (batchrun's own
+        reasons to stop, which must not cut short a stop the user asked for).
+        """
         with self._lock:
             first = self.signum is None
             if first:
                 self.signum = signum
             callbacks = list(self._callbacks) if first else []
         if not first:
-            self.urgent.set()
-            return
+            if escalate:
+                self.urgent.set()
+            return False
         self.requested.set()
         for callback in callbacks:
             callback()
+        return True
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         """The Python part, in the main thread: the watcher has recorded the signal already."""

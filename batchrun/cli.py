@@ -8,6 +8,7 @@ import contextlib
 import sys
 from typing import Annotated, NoReturn
 
+import structlog
 import typer
 from typer.exceptions import TyperException
 
@@ -244,7 +245,9 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     store.check_importable()  # a file there that is not a progress file is neither imported nor reset
     if fresh:
         store.reset()
-    store.claim(RunIdentity(model, evals.name, template.text, template.extra_args, evals.evals))
+    changed = store.claim(RunIdentity(model, evals.name, template.text, template.extra_args, evals.evals))
+    if changed is not None:  # allowed while no eval has completed: nothing would be mixed up
+        structlog.get_logger("batchrun").warning("run.command_changed", change=changed)
     plan = RunPlan(
         model,
         evals,

@@ -173,10 +173,14 @@ class ProgressStore:
         if blob is not None:
             check_importable(blob.data, self.location.uri)
 
-    def claim(self, identity: RunIdentity) -> None:
-        """Make *identity* this store's run, or refuse if the store holds a different run."""
-        claimed = claim_identity(self.backend, self._identity_path, identity, self.location.uri)
+    def claim(self, identity: RunIdentity) -> str | None:
+        """Make *identity* this store's run, or refuse if the store holds a different run; the
+        change of command or extra args it took (allowed while no eval has completed), if any.
+        """
+        completed_any = lambda: bool(self.load().completed_order())  # noqa: E731 - read only when needed
+        claimed, changed = claim_identity(self.backend, self._identity_path, identity, self.location.uri, completed_any)
         self._identity, self._identity_known = claimed, True
+        return changed
 
     # --- recording ------------------------------------------------------------------------
 

@@ -107,6 +107,7 @@ class Runner:
         self.stop.on_stop(self._begin_stop)
         self.console.start_bar(done=self.ledger.done, total=len(evals), status=self._bar_status)
         scheduler = Scheduler(self.ledger, self.fleet, queue, self.stop.requested)
+        self.stop.on_stop(scheduler.wake)  # slots waiting for a retry's time see the stop at once
         scheduler.spread(first=lost_first)
         try:
             with (
@@ -197,10 +198,12 @@ class Runner:
 
     def _stop_early(self) -> None:
         """Fail-fast's verdict: the command fails for every eval; stop the run the orderly way."""
+        if not self.stop.request(self.plan.stop_signal, escalate=False):
+            self.failfast.withdraw()  # a stop signal came first: it decides how the run ends
+            return
         first = self.failfast.evidence[0]
         evals = [ending.eval for ending in self.failfast.evidence]
         self.log.error("run.stopped_early", evals=evals, exit_code=first.exit_code, last_line=first.last_line)
-        self.stop.request(self.plan.stop_signal)  # the verdict is the run's last line (StoppedEarlyError)
 
     # --- one eval -------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Review of fail-fast (1564e0f, e86f13e): the verdict, the requeued retry of a failed first attempt,
 and `eval.started` logged once the start is durable.
 
-Tests marked xfail(strict=True) reproduce defects the review found (each reason names it); the
-others are what was tried and held.
+The review found seven defects; six are fixed and their reproductions pass. The one marked
+xfail(strict=True) is a documented limitation (README, "A command broken for every eval"). The
+rest are what was tried and held.
 """
 
 from __future__ import annotations
@@ -63,17 +64,16 @@ def states(tmp_path: Path) -> dict[str, tuple[str, int]]:
 # --- defects ------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the verdict says 'fix the command and run again', but the store remembers the broken "
-    "command: a run with the fixed one is refused (exit 2, 'belongs to another run')",
-)
 def test_fixing_the_command_and_running_again_as_the_verdict_says_runs_the_set(tmp_path: Path) -> None:
     broken = run_cli(tmp_path, "sh -c 'echo no such flag >&2; exit 2' {eval}")
     assert broken.returncode == 1
     assert "fix the command and run again" in broken.stderr.strip().splitlines()[-1]
     fixed = run_cli(tmp_path, "sh -c 'exit 0' {eval}")
     assert fixed.returncode == 0, fixed.stderr.strip().splitlines()[-1]
+    changed = [json.loads(line) for line in fixed.stderr.splitlines() if '"run.command_changed"' in line]
+    assert [e["change"] for e in changed] == [
+        "command was \"sh -c 'echo no such flag >&2; exit 2' {eval}\", now \"sh -c 'exit 0' {eval}\""
+    ]
 
 
 # Lines that name the eval inside a path, a module or a sentence: the eval's own name is what varies.
@@ -82,12 +82,6 @@ _SUFFIXES = (".py", ".", "-v2 not found", ".yaml", "", "'", ": not found", "/con
 _NAMES = st.from_regex(r"[a-z][a-z0-9_]{1,12}", fullmatch=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ending.signature sets the eval's name aside only when no '.', '-' or word character "
-    "touches it: 'tasks/mmlu.py', 'evals.mmlu', 'task mmlu.' keep it, so a command broken for every "
-    "eval this way never stops early",
-)
 @given(st.lists(_NAMES, min_size=3, max_size=3, unique=True), st.sampled_from(_PREFIXES), st.sampled_from(_SUFFIXES))
 def test_the_eval_name_is_set_aside_wherever_the_line_names_it(names: list[str], prefix: str, suffix: str) -> None:
     assume(all(name not in prefix + suffix for name in names))
@@ -95,12 +89,6 @@ def test_the_eval_name_is_set_aside_wherever_the_line_names_it(names: list[str],
     assert len({e.signature() for e in endings}) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Runner._stop_early calls stop.request; after a stop signal that counts as a second "
-    "signal (urgent): running evals are SIGKILLed without --grace, and the run exits 1 "
-    "'stopped early' instead of 130",
-)
 def test_a_ctrl_c_just_before_the_verdict_keeps_the_grace_and_the_exit_code(tmp_path: Path) -> None:
     """a, b and c fail at once alike; d saves its work on SIGINT (1 s). The user's Ctrl-C arrives
     while the third failure is being recorded, before it is judged (simulated by hooking the judge).
@@ -136,11 +124,6 @@ def test_a_ctrl_c_just_before_the_verdict_keeps_the_grace_and_the_exit_code(tmp_
     assert exit_code == 128 + signal.SIGINT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="eval.started is logged once the start is durable, but eval.interrupted is logged at once: "
-    "on a slow store a stop shows an eval interrupted before it started",
-)
 def test_an_eval_stopped_on_a_slow_store_is_shown_started_before_interrupted(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "p.txt"))
     slow = Wrapped(store.backend)
@@ -161,11 +144,6 @@ def test_an_eval_stopped_on_a_slow_store_is_shown_started_before_interrupted(tmp
     assert order == ["eval.started", "eval.interrupted"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a slot waiting in Scheduler.next for a requeued retry is not woken by the stop: it "
-    "looks again only every poll_s (2 s), so a stop with nothing running takes up to 2 s",
-)
 def test_a_stop_while_requeued_retries_wait_exits_at_once(tmp_path: Path) -> None:
     """Evals a and b fail at once (their retries wait in the queue, 15 s or more), c completes;
     nothing runs when the stop comes.
@@ -190,8 +168,8 @@ def test_a_stop_while_requeued_retries_wait_exits_at_once(tmp_path: Path) -> Non
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="fail-fast counts only this process's probes: with two workers each holds two evals, "
-    "neither reaches three, and every eval burns --max-attempts with backoff and is failed for good",
+    reason="documented limitation: fail-fast counts only this process's probes; with two workers each "
+    "holds two evals, neither reaches three, and every eval uses its attempts as without fail-fast",
 )
 def test_a_command_broken_for_every_eval_stops_early_with_two_workers_too(tmp_path: Path) -> None:
     """Two workers, two slots each, four evals; every first attempt waits until all four have
@@ -226,11 +204,6 @@ def test_a_command_broken_for_every_eval_stops_early_with_two_workers_too(tmp_pa
     assert all(state != "failed" for state, _ in states(tmp_path).values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the verdict says 'exit -9' for evals killed by a signal (a negative returncode), where the "
-    "summary and status say 'killed by signal 9'",
-)
 def test_the_verdict_names_a_signal_death_as_one(tmp_path: Path) -> None:
     done = run_cli(tmp_path, "sh -c 'kill -KILL $$' {eval}")
     assert done.returncode == 1

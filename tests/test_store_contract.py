@@ -238,12 +238,17 @@ def test_stale_replace_is_a_conflict_unless_it_holds_our_bytes(progress_uri: str
 
 
 def test_identity_is_kept_and_checked(progress_uri: str) -> None:
-    """The first claim stores the identity; another command is refused; a new eval list is fine."""
+    """The first claim stores the identity; a new eval list is fine; once an eval has completed,
+    another command or other extra args are refused, and another model or set always.
+    """
     store = open_store(progress_uri)
     ident = RunIdentity("m", "s", "oaieval {model} {eval}", ("--x",), ("a", "b"))
-    store.claim(ident)
-    store.claim(RunIdentity("m", "s", "oaieval {model} {eval}", ("--x",), ("a", "b", "c")))
+    assert store.claim(ident) is None
+    assert store.claim(RunIdentity("m", "s", "oaieval {model} {eval}", ("--x",), ("a", "b", "c"))) is None
     assert open_store(progress_uri).identity().evals == ("a", "b", "c")  # type: ignore[union-attr]
+    with pytest.raises(RunIdentityError, match="model was 'm', now 'n'"):
+        store.claim(RunIdentity("n", "s", "oaieval {model} {eval}", ("--x",), ("a",)))
+    complete(store, "a")
     with pytest.raises(RunIdentityError, match=r"command was 'oaieval \{model\} \{eval\}', now 'other'"):
         store.claim(RunIdentity("m", "s", "other", ("--x",), ("a",)))
     with pytest.raises(RunIdentityError, match="extra_args was '--x', now '--y'"):
@@ -299,3 +304,20 @@ def test_attempt_records_round_trip_through_json() -> None:
         Attempt("w-3", "e", 0, "host", 0.0),
     ]:
         assert Attempt.from_json(attempt.to_json()) == attempt
+
+
+def test_a_new_command_is_taken_while_no_eval_has_completed(progress_uri: str) -> None:
+    """A command broken for every eval, fixed: the run goes on under the new command, in the same
+    generation (the failed attempts still count), and the change is reported.
+    """
+    store = open_store(progress_uri)
+    store.claim(RunIdentity("m", "s", "broken {eval}", (), ("a", "b")))
+    generation = store.identity().generation  # type: ignore[union-attr]
+    failed = store.start("a", 1)
+    store.record(failed.finished(Outcome.FAILED, exit_code=2))
+    changed = open_store(progress_uri).claim(RunIdentity("m", "s", "fixed {eval}", ("--y",), ("a", "b")))
+    assert changed == "command was 'broken {eval}', now 'fixed {eval}'"
+    stored = open_store(progress_uri).identity()
+    assert (stored.command, stored.extra_args, stored.generation) == ("fixed {eval}", ("--y",), generation)  # type: ignore[union-attr]
+    with pytest.raises(RunIdentityError, match="model was 'm', now 'n'"):
+        open_store(progress_uri).claim(RunIdentity("n", "s", "fixed {eval}", ("--y",), ("a", "b")))
