@@ -58,9 +58,13 @@ class CommandTemplate:
         """Raise if the program the template starts can't be found, or is an interpreter (python,
         bash, node, ...) whose script does not exist for some eval, before anything runs.
         """
+        checked: set[tuple[str, ...]] = set()  # each distinct program and script once (PATH look-ups cost)
         for eval_name in evals:
             argv = self.render(model=model, eval_name=eval_name, eval_set=eval_set, attempt=1, state=_NOT_YET)
             program = argv[0]
+            if tuple(argv[:2]) in checked:
+                continue
+            checked.add(tuple(argv[:2]))
             if shutil.which(program) is None:
                 msg = f"--command {self.text!r}: program {program!r} not found or not executable"
                 if program == "oaieval":
