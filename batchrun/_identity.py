@@ -29,9 +29,7 @@ class RunIdentity:
     evals: tuple[str, ...]
     generation: str = field(default="", compare=False)  # set when first stored; new after a reset
 
-    def difference(
-        self, other: RunIdentity, fields: tuple[str, ...] = ("model", "eval_set", "command", "extra_args")
-    ) -> str | None:
+    def difference(self, other: RunIdentity, fields: tuple[str, ...] = _FIELDS) -> str | None:
         """A phrase naming the first of *fields* that differs from *other* (the eval list never counts)."""
         for name in fields:
             mine, theirs = getattr(self, name), getattr(other, name)
