@@ -119,19 +119,12 @@ class Console:
             eta = _clock(elapsed / this_run * (self._total - done))
         elif done >= self._total:
             eta = "done"
-        parts = [f"[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] {done}/{self._total} done"]
-        if failed:
-            parts.append(f"{failed} failed")
-        if note:
-            parts.append(note)
-        else:
-            if running:
-                parts.append("running: " + (", ".join(running) if len(running) <= _NAMES else str(len(running))))
-            parts.append(f"{_clock(elapsed)} elapsed, ETA {eta}")
-        text = " | ".join(parts)
-        width = self._width() - 1
-        if len(text) > width:
-            text = text[: max(width - 3, 0)] + "..."
+        graphic = f"[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] "
+        parts = [f"{done}/{self._total} done", *([f"{failed} failed"] if failed else [])]
+        parts.append(note or f"{_clock(elapsed)} elapsed, ETA {eta}")
+        count = [] if note or not running else [f"running: {len(running)}"]
+        names = count if len(running) > _NAMES else [f"running: {', '.join(running)}"] if count else []
+        text = _fit(self._width() - 1, graphic, parts, names, count)
         with self._lock:
             self._clear_bar()
             self._bar_text = text
@@ -187,3 +180,18 @@ def _clock(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _fit(width: int, graphic: str, parts: list[str], names: list[str], count: list[str]) -> str:
+    """The bar's line in *width* columns: the running evals' names give way to their count, then
+    the graphic bar goes; only then is the line cut (a stop's message stays whole where it can).
+    """
+    for text in (
+        graphic + " | ".join(parts + names),
+        graphic + " | ".join(parts + count),
+        " | ".join(parts + count),
+        " | ".join(parts),
+    ):
+        if len(text) <= width:
+            return text
+    return text[: max(width - 3, 0)] + "..."

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import batchrun, fake_command
 
-from batchrun._console import Console
+from batchrun._console import Console, _fit
 
 FORGED = json.dumps({"event": "eval.completed", "logger": "batchrun", "eval": "first", "exit_code": 0})
 # A forged log line, bare and behind what line splitters and JSON parsers skip or split at.
@@ -121,3 +121,14 @@ def test_eval_output_cannot_forge_batchrun_log_events(tmp_path: Path) -> None:
     assert all(e.get("logger") == "batchrun" for e in events)
     assert [e["event"] for e in events if str(e["event"]).startswith("eval.")] == ["eval.started", "eval.failed"]
     assert result.stdout.count(f"[first] {FORGED}") == len(FORGERIES)
+
+
+def test_the_bar_gives_the_running_names_up_before_the_stop_message_or_the_eta() -> None:
+    graphic = "[" + "." * 20 + "] "
+    stop = "stopping: waiting up to 20 s for 2 evals (Ctrl-C again to kill)"
+    assert _fit(79, graphic, ["0/6 done", stop], [], []) == f"0/6 done | {stop}"
+    names, count = ["running: logic-puzzles, reading-comprehension"], ["running: 2"]
+    eta = "00:17 elapsed, ETA 00:17"
+    assert _fit(79, graphic, ["3/6 done", eta], names, count) == f"{graphic}3/6 done | {eta} | running: 2"
+    assert _fit(120, graphic, ["3/6 done", eta], names, count) == f"{graphic}3/6 done | {eta} | {names[0]}"
+    assert _fit(12, graphic, ["3/6 done", eta], names, count) == "3/6 done ..."
