@@ -115,10 +115,9 @@ class Executor:
             running = [e for e in self._running.values() if not e.process.exited()]
             for entry in running:
                 entry.stopped = True  # whatever it exits with now, it was interrupted
-        signum = self.stop.signum
-        self.log.warning(
-            "run.stopping", signal=None if signum is None else signal.Signals(signum).name, running=len(running)
-        )
+        signum, reason = self.stop.signum, self.stop.reason
+        why = {"reason": reason} if reason else {"signal": None if signum is None else signal.Signals(signum).name}
+        self.log.warning("run.stopping", **why, running=len(running))
         for entry in running:
             entry.process.send(self.policy.stop_signal)
         deadline = time.monotonic() + self.policy.grace

@@ -157,7 +157,7 @@ class Ledger:
         if error is not None:
             with self.lock:
                 self.errors.append(error)
-            self.stop.request(self._stop_signal)
+            self.stop.request(self._stop_signal, reason="store failed")
 
     def wait_for_acknowledgements(self, timeout: float | None) -> None:
         """Until every queued completion is durable (or failed), at most *timeout* seconds."""

@@ -57,6 +57,7 @@ class StopRequest:
     def __init__(self) -> None:
         """Nothing is installed until :meth:`install`."""
         self.signum: int | None = None
+        self.reason: str | None = None  # batchrun's own reason to stop, when no signal asked for it
         self.requested = threading.Event()
         self.urgent = threading.Event()
         self._callbacks: list[Callable[[], None]] = []
@@ -104,15 +105,15 @@ class StopRequest:
         if already:
             callback()
 
-    def request(self, signum: int, *, escalate: bool = True) -> bool:
-        """Ask for a stop as if *signum* had arrived; whether this was the first request. A later
-        one makes the stop urgent (no more grace) unless *escalate* is False (batchrun's own
-        reasons to stop, which must not cut short a stop the user asked for).
+    def request(self, signum: int, *, escalate: bool = True, reason: str | None = None) -> bool:
+        """Ask for a stop as if *signum* had arrived (or for batchrun's own *reason*); whether this
+        was the first request. A later one makes the stop urgent (no more grace) unless *escalate*
+        is False (batchrun's own reasons, which must not cut short a stop the user asked for).
         """
         with self._lock:
             first = self.signum is None
             if first:
-                self.signum = signum
+                self.signum, self.reason = signum, reason
             callbacks = list(self._callbacks) if first else []
         if not first:
             if escalate:

@@ -172,7 +172,7 @@ class Runner:
                     future.result()
             except BaseException:
                 # A store that stopped answering (or a bug): stop the other evals the orderly way.
-                self.stop.request(self.plan.stop_signal)
+                self.stop.request(self.plan.stop_signal, reason="error")
                 raise
 
     def _compact_every(self) -> float:
@@ -185,12 +185,12 @@ class Runner:
     def _fenced(self, exc: FencedError) -> None:
         """Another process took this worker's place: stop the evals, write nothing more."""
         self.log.error("worker.fenced", error=str(exc))
-        self.stop.request(self.plan.stop_signal)
+        self.stop.request(self.plan.stop_signal, reason="fenced")
 
     def _store_failed(self, exc: StoreError) -> None:
         with self.ledger.lock:
             self.ledger.errors.append(exc)
-        self.stop.request(self.plan.stop_signal)
+        self.stop.request(self.plan.stop_signal, reason="store failed")
 
     def _final_write(self) -> None:
         stopping = self.stop.requested.is_set()
@@ -198,7 +198,7 @@ class Runner:
 
     def _stop_early(self) -> None:
         """Fail-fast's verdict: the command fails for every eval; stop the run the orderly way."""
-        if not self.stop.request(self.plan.stop_signal, escalate=False):
+        if not self.stop.request(self.plan.stop_signal, escalate=False, reason="fail-fast"):
             self.failfast.withdraw()  # a stop signal came first: it decides how the run ends
             return
         first = self.failfast.evidence[0]

@@ -46,6 +46,8 @@ def test_a_command_broken_for_every_eval_stops_after_three_first_attempts(tmp_pa
     stopped = [e for e in events(stderr) if e["event"] == "run.stopped_early"]
     assert [(e["evals"], e["exit_code"], e["last_line"]) for e in stopped] == [(["a", "b", "c"], 2, "no such eval: a")]
     assert not [e for e in events(stderr) if e["event"] == "eval.retry_scheduled" and e["eval"] == "c"]
+    stopping = [e for e in events(stderr) if e["event"] == "run.stopping"]
+    assert [(e.get("reason"), e.get("signal")) for e in stopping] == [("fail-fast", None)]  # no signal came
     summary = next(e for e in events(stderr) if e["event"] == "run.summary")
     assert summary["failed"] == 0
     assert summary["pending"] == len(SET)
