@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -172,7 +173,28 @@ def build_report(  # noqa: PLR0913 - the report's parts
             last_output=() if last is None else last.tail,
         )
         rows.append(_with_worker(row, _open_attempt(state, name), holders))
-    return StatusReport(model=model, eval_set=eval_set, progress=progress, evals=tuple(rows), workers=views)
+    return StatusReport(
+        model=model, eval_set=eval_set, progress=progress, evals=tuple(rows), workers=_from_records(views, rows, state)
+    )
+
+
+def _from_records(views: Sequence[WorkerView], rows: Sequence[EvalStatus], state: RunState) -> tuple[WorkerView, ...]:
+    """Each worker's running evals and completions as the records say, which are newer than its
+    last heartbeat (up to --heartbeat seconds old): the workers table agrees with the evals'.
+    """
+    running: dict[str, list[str]] = {}
+    for row in rows:
+        if row.worker is not None:
+            running.setdefault(row.worker, []).append(row.name)
+    done = Counter(
+        (a.worker, a.writer) for name in state.attempts for a in state.of(name) if a.outcome is Outcome.COMPLETED
+    )
+    return tuple(
+        replace(w, running=tuple(running.get(w.id, ())), completed=max(w.completed, done[w.id, w.writer]))
+        if w.holds_evals
+        else w
+        for w in views
+    )
 
 
 def _open_attempt(state: RunState, name: str) -> Attempt | None:

@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 from helpers import BUCKET, batchrun, fake_command, kill_fake_evals, open_store
 
-from batchrun.status import CLEAR_SCREEN, Frames, watch
+from batchrun._heartbeat import Heartbeat
+from batchrun._state import Attempt, Outcome, RunState
+from batchrun.status import CLEAR_SCREEN, Frames, build_report, watch
 
 FAST = ("--heartbeat", "0.5", "--worker-timeout", "2")
 
@@ -145,8 +147,9 @@ def test_a_stalled_worker_keeps_its_eval_running_and_a_dead_one_leaves_it_pendin
     uri, env = str(tmp_path / "p.txt"), {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = start_run(tmp_path, uri, env, "--sleep", "60")
     run_killer.append(proc)
-    # Stop it once it has beaten at least twice (it told its eval), which shows its interval.
+    # Stop it once it has beaten at least twice (0.5 s apart), which shows its interval.
     report_when(tmp_path, uri, env, lambda got: got["running"] == 1 and got["workers"][0]["running"] == ["slow"])
+    time.sleep(1.5)
     proc.send_signal(signal.SIGSTOP)
     got = report_when(tmp_path, uri, env, lambda got: got["workers"][0]["state"] == "stalled")
     assert evals_of(got)["slow"]["state"] == "running"
@@ -293,3 +296,17 @@ def test_watch_refuses_an_interval_that_is_not_a_positive_number(tmp_path: Path,
     result = batchrun("status", "--progress", str(tmp_path / "p.txt"), "--watch", "--interval", interval)
     assert result.returncode == 2
     assert "--interval must be a positive number of seconds" in result.stderr
+
+
+def test_the_workers_table_agrees_with_the_records_not_a_stale_heartbeat() -> None:
+    """A heartbeat is up to --heartbeat seconds old: its running evals and completions may lag the
+    records, which status shows for the evals (newcomer walk: 'running: -' beside running evals).
+    """
+    now = time.time()
+    beat = Heartbeat("w1", "x1", 1, "live", "elsewhere", 1, beat=2, at=now - 1, started_at=now - 3, running=("a",))
+    state = RunState()
+    state.add(Attempt("x1-1", "a", 1, "w1", now - 2).finished(Outcome.COMPLETED, exit_code=0))
+    state.add(Attempt("x1-2", "b", 1, "w1", now - 1))
+    report = build_report("m", "s", "p", ("a", "b", "c"), state, workers=[beat], now=now)
+    assert [(w.running, w.completed) for w in report.workers] == [(("b",), 1)]
+    assert [(e.name, e.worker) for e in report.evals] == [("a", None), ("b", "w1"), ("c", None)]  # b runs on w1
