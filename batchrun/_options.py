@@ -63,7 +63,8 @@ ProgressOpt = Annotated[
         "--progress",
         envvar="BATCHRUN_PROGRESS",
         help="Progress file URI (local path, s3://..., any fsspec URL); a trailing / names a folder. "
-        "Default {model}.{eval_set}.progress.txt in $XDG_STATE_HOME/batchrun/ if set, else /tmp/batchrun-UID/.",
+        "Default {model}.{eval_set}.progress.txt in $XDG_STATE_HOME/batchrun/ if set, else /tmp/batchrun-UID/ "
+        "($TMPDIR instead of /tmp when set).",
         show_default=False,
     ),
 ]
