@@ -143,3 +143,14 @@ EXAMPLES = {
   batchrun report gpt-4o-mini my-set
   batchrun report gpt-4o-mini my-set --csv > results.csv""",
 }
+
+
+# Each command's line in `batchrun --help` (click cuts the docstring's first sentence at 45 characters).
+SHORT = {
+    "run": "Run the evals of a set not yet completed.",
+    "status": "Show each eval's state, attempts and the workers.",
+    "reset": "Delete a run's progress, state and results.",
+    "logs": "Print the saved output of an eval's attempt.",
+    "pull": "Download evals' results (and state).",
+    "report": "One row per eval with its headline metrics.",
+}

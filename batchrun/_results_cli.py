@@ -67,6 +67,12 @@ def pull(  # noqa: PLR0913 - one parameter per documented option
     typer.echo(f"pulled {files} files ({size} bytes) of {pulled} evals to {to}")
 
 
+_NO_RESULTS = (
+    "no results stored for any eval: an eval keeps results when it has a state folder "
+    "({state} in --command, or --state) and writes its logs or metrics there"
+)
+
+
 def report(  # noqa: PLR0913 - one parameter per documented option
     model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name.")],
     eval_set: Annotated[str, typer.Argument(metavar="EVAL_SET", help="Eval set (with --progress, any name).")],
@@ -98,6 +104,8 @@ def report(  # noqa: PLR0913 - one parameter per documented option
             rows.append(_row(state, name, metrics))
     render = render_json if as_json else render_csv if as_csv else render_table
     typer.echo(render(rows).rstrip("\n"))
+    if not as_json and not as_csv and rows and all(row.metrics is None for row in rows) and state.completed_order():
+        typer.echo(_NO_RESULTS, err=True)
 
 
 def _open(

@@ -13,6 +13,8 @@ from batchrun._options import ProgressOpt, RegistryOpt, StorageOpt, locate, loca
 from batchrun.errors import BadInputError
 from batchrun.status import Frames, build_report, dumps, watch
 
+_NAMES_SHOWN = 5  # of the set's evals, when an eval is not in it
+
 
 def status(  # noqa: PLR0913
     model: Annotated[str | None, typer.Argument(metavar="MODEL", help="Model name (optional with --progress).")] = None,
@@ -83,7 +85,9 @@ def reset(  # noqa: PLR0913
         if not sys.stdin.isatty():
             msg = f"refusing to delete {uri} without --yes (no terminal to confirm on)"
             raise BadInputError(msg)
-        if not typer.confirm(f"Delete all progress at {uri}?"):
+        done = len(store.load().completed_order())
+        what = f"{done} completed eval{'' if done == 1 else 's'}, with all logs, state and results"
+        if not typer.confirm(f"Delete all progress at {uri} ({what})?"):
             typer.echo("nothing deleted")
             raise typer.Exit(errors.EXIT_EVAL_FAILED)
     store.reset()
@@ -106,17 +110,29 @@ def logs(  # noqa: PLR0913
     registry_path: RegistryOpt = None,
 ) -> None:
     """Print the saved output of one attempt of an eval, even from a pod that is gone."""
-    store, _, _ = locate(model, eval_set, progress, storage_options, registry_path or [])
+    run = locate_run(model, eval_set, progress, storage_options, registry_path or [])
+    store, uri = run.store, run.store.location.uri
+    if run.names and eval_name not in run.names:
+        shown = ", ".join(run.names[:_NAMES_SHOWN]) + (", ..." if len(run.names) > _NAMES_SHOWN else "")
+        msg = f"eval {eval_name!r} is not in the set ({len(run.names)} evals: {shown})"
+        raise BadInputError(msg)
+    if not run.stored:
+        msg = f"no progress stored at {uri} (the {len(run.names)} evals of the set have not run)"
+        raise BadInputError(msg)
+    ran = sorted({a.number for a in store.load().of(eval_name) if a.ended_at is not None})
     numbers = store.logged_attempts(eval_name)
     if attempt is None:
-        if not numbers:
-            msg = f"no saved output for eval {eval_name!r} at {store.location.uri}"
+        if not ran and not numbers:
+            msg = f"eval {eval_name!r} has no ended attempt yet at {uri}"
             raise BadInputError(msg)
-        attempt = numbers[-1]
+        attempt = max([*ran, *numbers])
     output = store.read_log(eval_name, attempt)
+    if output is None and attempt in ran:  # it ran and printed nothing: there is nothing to show
+        typer.echo(f"(attempt {attempt} of eval {eval_name!r} printed nothing)", err=True)
+        return
     if output is None:
-        have = ", ".join(map(str, numbers)) or "none"
-        msg = f"no saved output for attempt {attempt} of eval {eval_name!r} (attempts with output: {have})"
+        have = ", ".join(map(str, sorted({*ran, *numbers}))) or "none"
+        msg = f"no attempt {attempt} of eval {eval_name!r} ended with output saved (ended attempts: {have})"
         raise BadInputError(msg)
     sys.stdout.buffer.write(output)
     sys.stdout.flush()

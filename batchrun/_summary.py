@@ -104,6 +104,8 @@ def log_end(  # noqa: PLR0913 - what the end of a run reports, and where
     fields = {**counts, "duration_s": round(duration, 3), "exit_code": summary.exit_code}
     if summary.stopped_by is not None:
         log.warning("run.interrupted", signal=signal.Signals(summary.stopped_by).name, **fields)
+        if not console.guard_json:  # a person stopped it: say where it stands and how to go on
+            console.write(f"stopped: {summary.done}/{summary.total} evals done; run the same command again to resume\n")
         return
     log.info("run.finished", **fields)
     end = run_summary(info, state, total=summary.total, done=summary.done, failed=summary.failed, duration=duration)

@@ -14,7 +14,7 @@ from typer.exceptions import TyperException
 
 from batchrun import _help, errors
 from batchrun._console import Console
-from batchrun._help import EXAMPLES
+from batchrun._help import EXAMPLES, SHORT
 from batchrun._identity import RunIdentity
 from batchrun._logging import LogFormat, configure_logging
 from batchrun._options import (
@@ -87,7 +87,7 @@ def _options(
     """Run eval sets resumably; progress lives on local disk or in S3."""
 
 
-@app.command(epilog=EXAMPLES["run"])
+@app.command(epilog=EXAMPLES["run"], short_help=SHORT["run"])
 def run(  # noqa: PLR0913 - one parameter per documented option
     model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name, passed to the command as {model}.")],
     eval_set: Annotated[
@@ -247,7 +247,8 @@ def run(  # noqa: PLR0913 - one parameter per documented option
         store.reset()
     changed = store.claim(RunIdentity(model, evals.name, template.text, template.extra_args, evals.evals))
     if changed is not None:  # allowed while no eval has completed: nothing would be mixed up
-        structlog.get_logger("batchrun").warning("run.command_changed", change=changed)
+        log = structlog.get_logger("batchrun").bind(model=model, eval_set=evals.name, progress=location.uri)
+        log.warning("run.command_changed", change=changed)
     plan = RunPlan(
         model,
         evals,
@@ -270,11 +271,8 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     raise typer.Exit(summary.exit_code)
 
 
-app.command(epilog=EXAMPLES["status"])(status)
-app.command(epilog=EXAMPLES["reset"])(reset)
-app.command(epilog=EXAMPLES["logs"])(logs)
-app.command(epilog=EXAMPLES["pull"])(pull)
-app.command(epilog=EXAMPLES["report"])(report)
+for _command in (status, reset, logs, pull, report):
+    app.command(epilog=EXAMPLES[_command.__name__], short_help=SHORT[_command.__name__])(_command)
 
 
 def main() -> None:
@@ -300,6 +298,14 @@ def main() -> None:
     raise SystemExit(result if isinstance(result, int) else errors.EXIT_OK)
 
 
+# pydantic's words for a value that is not a number, in plain ones.
+_PLAIN = {
+    "Input should be a valid integer": "not a whole number",
+    "Input should be a valid number": "not a number",
+    "Input should be a valid boolean": "not true or false",
+}
+
+
 def _usage_message(exc: TyperException) -> str:
     """The parser's message for a bad value, naming the env var only when the value came from it
     (typer names it whenever the option has one) and without pydantic's "Value error, ".
@@ -307,14 +313,18 @@ def _usage_message(exc: TyperException) -> str:
     from typer._click.core import ParameterSource  # noqa: PLC0415 - typer is pinned (pyproject.toml)
     from typer._click.exceptions import BadParameter, MissingParameter  # noqa: PLC0415
 
-    if not isinstance(exc, BadParameter) or isinstance(exc, MissingParameter) or exc.param is None or exc.ctx is None:
+    if isinstance(exc, MissingParameter) and exc.ctx is not None:  # `batchrun run` alone, say
+        return f"{exc.format_message().rstrip('.')} (see: batchrun {exc.ctx.info_name} --help)"
+    if not isinstance(exc, BadParameter) or exc.param is None or exc.ctx is None:
         return exc.format_message()
     param = exc.param
     names = " / ".join(param.opts) or str(param.name).upper()
     envvar = getattr(param, "envvar", None)
     source = exc.ctx.get_parameter_source(param.name) if param.name else None
     where = f" (from {envvar})" if source is ParameterSource.ENVIRONMENT and isinstance(envvar, str) else ""
-    return f"invalid value for {names}{where}: {exc.message.removeprefix('Value error, ')}"
+    message = exc.message.removeprefix("Value error, ")
+    message = _PLAIN.get(message.split(",", 1)[0], message)
+    return f"invalid value for {names}{where}: {message}"
 
 
 def _crashed(exc: Exception) -> NoReturn:

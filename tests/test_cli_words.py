@@ -41,6 +41,19 @@ def test_a_bad_value_names_its_env_var_only_when_it_came_from_there(tmp_path: Pa
     assert "invalid value for --jobs / -j (from BATCHRUN_JOBS): " in from_env.stderr
 
 
+def test_usage_errors_point_at_help_and_say_what_a_number_is_not(tmp_path: Path) -> None:
+    (tmp_path / "s.txt").write_text("a\n")
+    alone = batchrun("run", cwd=tmp_path)
+    assert (alone.returncode, alone.stderr) == (
+        2,
+        "batchrun: error: Missing argument 'MODEL' (see: batchrun run --help)\n",
+    )
+    jobs = batchrun("run", "m", "s.txt", "-j", "three", cwd=tmp_path)
+    assert (jobs.returncode, jobs.stderr) == (2, "batchrun: error: invalid value for --jobs / -j: not a whole number\n")
+    grace = batchrun("run", "m", "s.txt", "--grace", "soon", cwd=tmp_path)
+    assert grace.stderr == "batchrun: error: invalid value for --grace: not a number\n"
+
+
 def test_version_prints_the_installed_version() -> None:
     done = batchrun("--version")
     assert done.returncode == 0
@@ -83,6 +96,7 @@ def test_answering_no_at_the_reset_prompt_deletes_nothing_and_says_so(tmp_path: 
     code, seen = reset_at_a_terminal(tmp_path, b"n\n")
     assert code == 1
     assert "nothing deleted" in seen
+    assert "(1 completed eval, with all logs, state and results)?" in seen  # the prompt says what would go
     assert (tmp_path / "p" / "m.s.progress.txt").exists()
 
 
@@ -117,3 +131,15 @@ def test_report_of_a_run_that_never_ran_says_so_and_json_gives_pending_rows(tmp_
     as_json = batchrun("report", "m", "s.txt", "--progress", progress, "--json", cwd=tmp_path)
     assert as_json.returncode == 0
     assert [row["state"] for row in json.loads(as_json.stdout)["evals"]] == ["pending", "pending"]
+
+
+def test_report_of_evals_without_state_folders_says_how_to_keep_results(tmp_path: Path) -> None:
+    (tmp_path / "s.txt").write_text("a\n")
+    progress = f"{tmp_path}/p/"
+    assert batchrun("run", "m", "s.txt", "--progress", progress, "--command", "true", cwd=tmp_path).returncode == 0
+    table = batchrun("report", "m", "s.txt", "--progress", progress, cwd=tmp_path)
+    assert table.returncode == 0
+    assert "no metrics" in table.stdout
+    assert table.stderr.startswith("no results stored for any eval: an eval keeps results when it has a state folder")
+    as_csv = batchrun("report", "m", "s.txt", "--progress", progress, "--csv", cwd=tmp_path)
+    assert as_csv.stderr == ""  # machine-readable output stays quiet

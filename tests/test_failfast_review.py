@@ -71,6 +71,7 @@ def test_fixing_the_command_and_running_again_as_the_verdict_says_runs_the_set(t
     fixed = run_cli(tmp_path, "sh -c 'exit 0' {eval}")
     assert fixed.returncode == 0, fixed.stderr.strip().splitlines()[-1]
     changed = [json.loads(line) for line in fixed.stderr.splitlines() if '"run.command_changed"' in line]
+    assert [(e["model"], e["eval_set"]) for e in changed] == [("m", "s")]
     assert [e["change"] for e in changed] == [
         "command was \"sh -c 'echo no such flag >&2; exit 2' {eval}\", now \"sh -c 'exit 0' {eval}\""
     ]

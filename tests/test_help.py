@@ -53,6 +53,14 @@ def test_top_level_help_lists_every_command_and_the_version_option() -> None:
     for command in COMMANDS:
         assert re.search(rf"^\s+{command}\s", done.stdout, re.MULTILINE), command
     assert "--version" in done.stdout
+    narrow = subprocess.run(
+        [sys.executable, "-m", "batchrun", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    assert "..." not in narrow.stdout.split("Commands:", 1)[1], "a command's line cut short"
 
 
 def test_run_help_puts_every_option_in_a_named_group() -> None:

@@ -240,8 +240,35 @@ def test_retry_failed_gives_failed_evals_new_attempts(evalset: Path, s3_env: dic
     assert (third["state"], third["attempts"]) == ("done", 2)
 
 
-def test_logs_command_errors_name_what_is_missing(evalset: Path, s3_env: dict[str, str]) -> None:
-    """`batchrun logs` for an eval or attempt without saved output exits 2 with one line."""
-    result = batchrun("logs", "m", "s.txt", "nothing", "--progress", PROGRESS, env=s3_env, cwd=evalset)
-    assert result.returncode == 2
-    assert result.stderr.strip() == f"batchrun: error: no saved output for eval 'nothing' at {PROGRESS}"
+def test_logs_command_says_what_is_missing_and_what_printed_nothing(evalset: Path, s3_env: dict[str, str]) -> None:
+    """`batchrun logs` names why there is no output: an eval not in the set, a run that stored
+    nothing, an attempt that does not exist (exit 2, one line); an attempt that printed nothing
+    prints nothing and says so on stderr (exit 0).
+    """
+
+    def logs(*args: str) -> tuple[int, str, str]:
+        done = batchrun("logs", "m", "s.txt", *args, "--progress", PROGRESS, env=s3_env, cwd=evalset)
+        return done.returncode, done.stdout, done.stderr.strip()
+
+    assert logs("first") == (
+        2,
+        "",
+        f"batchrun: error: no progress stored at {PROGRESS} (the 3 evals of the set have not run)",
+    )
+    command = "sh -c '[ $0 != second ] || echo hello' {eval}"
+    assert (
+        batchrun("run", "m", "s.txt", "--progress", PROGRESS, "--command", command, env=s3_env, cwd=evalset).returncode
+        == 0
+    )
+    assert logs("nothing") == (
+        2,
+        "",
+        "batchrun: error: eval 'nothing' is not in the set (3 evals: first, second, third)",
+    )
+    assert logs("second") == (0, "hello\n", "")
+    assert logs("first") == (0, "", "(attempt 1 of eval 'first' printed nothing)")
+    assert logs("second", "--attempt", "2") == (
+        2,
+        "",
+        "batchrun: error: no attempt 2 of eval 'second' ended with output saved (ended attempts: 1)",
+    )

@@ -86,7 +86,8 @@ def test_the_bar_names_running_evals_and_says_what_a_stop_waits_for(tmp_path: Pa
     tmux("keys", "C-c")
     stopping = wait_for(screen, lambda text: "stopping: waiting up to 4 s for 2 evals (Ctrl-C again to kill)" in text)
     assert "EXIT=" not in stopping
-    wait_for(screen, lambda text: "EXIT=130" in text)
+    ended = wait_for(screen, lambda text: "EXIT=130" in text)
+    assert "stopped: 0/3 evals done; run the same command again to resume" in ended
 
 
 def test_a_finished_run_ends_with_its_summary_and_a_clean_last_line(tmp_path: Path, tmux: Callable[..., str]) -> None:
