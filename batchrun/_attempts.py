@@ -104,16 +104,19 @@ class Attempts:
         # eval's completion, so its `completed` line comes first. "alone" is news only when the
         # eval runs alone because its last attempt was lost.
         extra = {"alone": True} if after_lost else {}
+        announced = threading.Event()  # the eval's output is shown after this line
 
         def started_durably(written: Future[None]) -> None:
             if written.exception() is None:  # else the run stops (Ledger.check_written)
                 log.info("eval.started", command=argv, **extra)
+            announced.set()
 
         start.add_done_callback(started_durably)
         probe = self.failfast.is_probe(attempt.eval)
         started = time.monotonic()
         with contextlib.nullcontext() if folder is None else folder.syncing():
-            result = self.executor.execute(attempt, argv, None if folder is None else {"BATCHRUN_STATE": folder.local})
+            env = None if folder is None else {"BATCHRUN_STATE": folder.local}
+            result = self.executor.execute(attempt, argv, env, announced)
         duration = round(time.monotonic() - started, 3)
         if result is None:  # the run is stopping: this attempt never started
             self.ledger.record_soon(attempt.finished(Outcome.INTERRUPTED, exit_code=None, reason="stopping"))

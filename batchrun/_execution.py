@@ -76,9 +76,16 @@ class Executor:
         with self._lock:
             return [entry.eval for entry in self._running.values()]
 
-    def execute(self, attempt: Attempt, argv: list[str], env: dict[str, str] | None = None) -> Result | None:
-        """Run one attempt in its own process group (with *env* added to the run's environment);
-        None if the run began stopping first.
+    def execute(
+        self,
+        attempt: Attempt,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        announced: threading.Event | None = None,
+    ) -> Result | None:
+        """Run one attempt in its own process group (with *env* added to the run's environment),
+        its output shown once *announced* is set (its `eval.started` line); None if the run
+        began stopping first.
         """
         env = {**self._env, "BATCHRUN_EVAL": attempt.eval, "BATCHRUN_ATTEMPT": str(attempt.number), **(env or {})}
         with self._lock:  # no process starts once the stop has taken its list of running ones
@@ -95,7 +102,7 @@ class Executor:
         prefix = f"[{attempt.eval}] ".encode() if self.policy.prefix_output else b""
         timeout = self.policy.eval_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        timed_out = not process.pump(self.console, prefix, output, deadline)
+        timed_out = not process.pump(self.console, prefix, output, deadline, announced)
         if timed_out:
             self.log.warning("eval.timed_out", eval=attempt.eval, attempt=attempt.number, timeout_s=timeout)
             process.stop(self.policy.stop_signal, self.policy.grace, self.stop.urgent)

@@ -36,6 +36,7 @@ _TRUNCATED = b"\n[batchrun: output beyond this point was not kept]\n"
 _SPOOL_BYTES = 2**20
 _READ_BYTES = 2**16
 _POLL_S = 0.05
+READY_WAIT_S = 1.0  # the most an attempt's first output line waits for its `eval.started` line
 
 
 @dataclass(slots=True)
@@ -134,17 +135,27 @@ class EvalProcess:
             self.close_pipe(stderr)
         return code
 
-    def pump(self, console: Console, prefix: bytes, output: Output, deadline: float | None) -> bool:
+    def pump(
+        self,
+        console: Console,
+        prefix: bytes,
+        output: Output,
+        deadline: float | None,
+        ready: threading.Event | None = None,
+    ) -> bool:
         """Copy stdout and stderr to the console until the leader has exited and both pipes closed,
         or ``DRAIN_S`` after its exit at most; False if *deadline* (a time.monotonic() value) passed
         before the leader exited.
 
         When the leader exits, the rest of its group is killed: a helper it started would
         otherwise hold the pipes open, and outlive batchrun. One that left the group is cut off
-        when the drain period ends.
+        when the drain period ends. The first line waits up to ``READY_WAIT_S`` for *ready* (the
+        attempt's `eval.started` line, logged once its start is durable).
         """
         with _exit_watch(self.proc.pid) as exit_fd:
-            return _Pump(self, console, prefix, output, exit_fd).run(deadline)
+            pump = _Pump(self, console, prefix, output, exit_fd)
+            pump.ready = ready
+            return pump.run(deadline)
 
 
 class _Pump:
@@ -160,6 +171,7 @@ class _Pump:
         self.exit_fd = exit_fd
         self.partial = {False: bytearray(), True: bytearray()}
         self.drain_until: float | None = None  # set when the leader exits
+        self.ready: threading.Event | None = None  # what the first line waits for
         self.poller = select.poll()
         self.pipes = {fd: is_err for is_err, fd in process.pipes.items()}  # polled: fd -> stderr?
         for fd in self.pipes:
@@ -239,6 +251,9 @@ class _Pump:
         del pending[:start]
 
     def _emit(self, piece: bytes, *, is_err: bool) -> None:
+        if piece and self.ready is not None:
+            self.ready.wait(READY_WAIT_S)  # after its `eval.started` line, unless the store is that slow
+            self.ready = None
         if piece:
             self.console.eval_line(piece, stderr=is_err, prefix=self.prefix, label=self.process.label)
             self.output.add(piece, stderr=is_err)

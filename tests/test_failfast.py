@@ -7,14 +7,21 @@ eval's `started` line.
 
 from __future__ import annotations
 
+import io
 import json
+import time
 from pathlib import Path
 
-from helpers import batchrun
+import structlog
+from helpers import Wrapped, batchrun, open_store
 from hypothesis import given
 from hypothesis import strategies as st
 
+from batchrun import CommandTemplate, EvalSet, RunPlan
+from batchrun._console import Console
 from batchrun._failfast import FAST_S, PROBES, Ending, FailFast
+from batchrun._logging import LogFormat, configure_logging
+from batchrun.runner import Runner
 
 SET = "abcdef"
 
@@ -140,3 +147,34 @@ def test_the_verdict_is_exactly_three_fast_first_failures_alike(
     )
     assert [v for v in verdicts if v is not None] == ([watch.verdict] if expected else [])
     assert (watch.verdict is not None) == expected
+
+
+def test_an_evals_output_comes_after_its_started_line_on_a_slow_store(tmp_path: Path) -> None:
+    """`eval.started` is logged once the start is durable (after the previous eval's `completed`);
+    the eval's first output line waits for it, here 0.3 s, instead of coming first.
+    """
+    store = open_store(str(tmp_path / "p.txt"))
+    slow = Wrapped(store.backend)
+
+    def create(path: str, data: bytes, *, durable: bool) -> None:
+        if "/events/" in path:
+            time.sleep(0.3)
+        slow.inner.create(path, data, durable=durable)
+
+    slow.create = create  # type: ignore[method-assign]
+    store.backend = slow  # type: ignore[assignment]
+    stream = io.BytesIO()
+    console = Console(out=io.BytesIO(), err=io.TextIOWrapper(stream, write_through=True), bar=False)
+    plan = RunPlan("m", EvalSet("s", ("a", "b"), "test"), CommandTemplate.parse("sh -c 'echo out-$0 >&2' {eval}"))
+    configure_logging(console, LogFormat.JSON, terminal=False)
+    try:
+        assert Runner(plan, store, console).run().exit_code == 0
+    finally:
+        structlog.reset_defaults()
+    lines = stream.getvalue().decode().splitlines()
+    seen = [
+        json.loads(line)["event"] + " " + json.loads(line).get("eval", "") if line.startswith("{") else line
+        for line in lines
+    ]
+    order = [line for line in seen if line.startswith(("eval.started", "eval.completed", "out-"))]
+    assert order == ["eval.started a", "out-a", "eval.completed a", "eval.started b", "out-b", "eval.completed b"]
