@@ -12,7 +12,7 @@ import typer
 
 from batchrun import errors
 from batchrun._options import ProgressOpt, RegistryOpt, StorageOpt, locate_run
-from batchrun._state import Attempt, Outcome, RunState
+from batchrun._state import Attempt, EvalState, Outcome, RunState
 from batchrun.errors import BadInputError
 from batchrun.progress import ProgressStore
 from batchrun.report import Metrics, Row, read_metrics, render_csv, render_json, render_table
@@ -89,6 +89,7 @@ def report(  # noqa: PLR0913 - one parameter per documented option
         msg = "give --json or --csv, not both"
         raise BadInputError(msg)
     store, names, state, stored = _open(model, eval_set, progress, storage_options, registry_path)
+    set_name = _set_name(store, eval_set)
     if not stored and not (as_json or as_csv):
         typer.echo(f"no progress stored at {store.location.uri} (the {len(names)} evals of the set have not run)")
         raise typer.Exit(errors.EXIT_EVAL_FAILED)  # as `status` says it; --json and --csv give pending rows
@@ -102,6 +103,8 @@ def report(  # noqa: PLR0913 - one parameter per documented option
                 pull_files(store, found, str(folder), suffixes=_REPORTED)
                 metrics = read_metrics(folder)
             rows.append(_row(state, name, metrics))
+    if not (as_json or as_csv):  # the table's first line says which run, as status's does
+        typer.echo(f"{model} / {set_name}  ({store.location.uri})")
     render = render_json if as_json else render_csv if as_csv else render_table
     typer.echo(render(rows).rstrip("\n"))
     if not as_json and not as_csv and rows and all(row.metrics is None for row in rows) and state.completed_order():
@@ -121,7 +124,10 @@ def _row(state: RunState, name: str, metrics: Metrics | None) -> Row:
     ended = [a for a in attempts if a.ended_at is not None]
     done = [a for a in ended if a.outcome is Outcome.COMPLETED]
     last: Attempt | None = (done or ended)[-1] if done or ended else None
-    duration = None if last is None or last.ended_at is None else round(last.ended_at - last.started_at, 3)
+    settled = state.state(name) in {EvalState.DONE, EvalState.FAILED}  # a pending eval's last try says little
+    duration = (
+        None if last is None or last.ended_at is None or not settled else round(last.ended_at - last.started_at, 3)
+    )
     return Row(
         eval=name,
         state=str(state.state(name)),
@@ -129,3 +135,9 @@ def _row(state: RunState, name: str, metrics: Metrics | None) -> Row:
         duration_s=duration,
         metrics=metrics,
     )
+
+
+def _set_name(store: ProgressStore, eval_set: str) -> str:
+    """The set's name as the run stored it, else as given."""
+    identity = store.identity()
+    return identity.eval_set if identity is not None else eval_set
