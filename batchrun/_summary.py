@@ -14,6 +14,8 @@ import structlog
 
 from batchrun._console import Console
 from batchrun._state import Attempt, RunState
+from batchrun.errors import BatchrunError
+from batchrun.location import default_uri
 from batchrun.plan import RunSummary
 
 _SHOWN = 10  # failed evals listed in the readable summary; the event lists them all
@@ -26,6 +28,21 @@ class RunInfo:
     model: str
     eval_set: str
     progress: str
+
+    def command(self, name: str, *words: str) -> str:
+        """`batchrun NAME MODEL EVAL_SET WORDS`, with --progress unless the run's is the default
+        (then the set's name finds it, as a name without / or #).
+        """
+        try:
+            default = (
+                "/" not in self.eval_set
+                and "#" not in self.eval_set
+                and self.progress == default_uri(self.model, self.eval_set)
+            )
+        except BatchrunError:
+            default = False
+        where = [] if default else ["--progress", self.progress]
+        return shlex.join(["batchrun", name, self.model, self.eval_set, *words, *where])
 
 
 def _ended(attempt: Attempt | None) -> str:
@@ -56,7 +73,7 @@ def run_summary(  # noqa: PLR0913 - the run's counts and where to look
                 "ended": _ended(last),
                 "attempts": sum(1 for a in attempts if a.counts),
                 "last_output": last.tail[-1] if last is not None and last.tail else None,
-                "logs": shlex.join(["batchrun", "logs", info.model, info.eval_set, name, "--progress", info.progress]),
+                "logs": info.command("logs", name),
             }
         )
     fields: dict[str, Any] = {
@@ -68,7 +85,7 @@ def run_summary(  # noqa: PLR0913 - the run's counts and where to look
         "failed_evals": rows,
     }
     if failed or done < total:  # exit 1
-        fields["hint"] = shlex.join(["batchrun", "status", info.model, info.eval_set, "--progress", info.progress])
+        fields["hint"] = info.command("status")
     return fields
 
 

@@ -77,6 +77,11 @@ def resolve_location(template: str | None, *, model: str, eval_set: str) -> Prog
     return ProgressLocation(uri=uri, protocol=protocol, path=path)
 
 
+def default_uri(model: str, eval_set: str) -> str:
+    """The progress URI a run of *model* and *eval_set* has without --progress (nothing is created)."""
+    return resolve_location(_escaped(default_folder()) + "/", model=model, eval_set=eval_set).uri
+
+
 def _check_protocol(protocol: str, uri: str) -> None:
     from fsspec.registry import known_implementations, registry  # noqa: PLC0415
 

@@ -5,6 +5,8 @@ terminal; failed evals with how they last ended and the command that shows their
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -42,3 +44,15 @@ def test_console_logs_end_with_readable_summary_lines(tmp_path: Path) -> None:
     assert tail[2] == f"    batchrun logs m s b --progress {tmp_path}/p/m.s.progress.txt"
     assert tail[3] == f"more: batchrun status m s --progress {tmp_path}/p/m.s.progress.txt"
     assert "run.summary" not in stderr
+
+
+def test_commands_in_the_summary_leave_out_the_default_progress_and_work_as_printed(tmp_path: Path) -> None:
+    (tmp_path / "s.txt").write_text("a\nb\n")
+    env = {k: v for k, v in os.environ.items() if k != "XDG_STATE_HOME"} | {"TMPDIR": str(tmp_path / "tmp")}
+    args = ["run", "m", "s.txt", "--command", FAIL_B, "--max-attempts", "1", "--log-format", "json"]
+    done = batchrun(*args, cwd=tmp_path, env=env)
+    assert done.returncode == 1
+    end = json.loads(done.stderr.splitlines()[-1])
+    assert (end["failed_evals"][0]["logs"], end["hint"]) == ("batchrun logs m s b", "batchrun status m s")
+    printed = batchrun(*shlex.split(end["failed_evals"][0]["logs"])[1:], cwd=tmp_path, env=env)
+    assert (printed.returncode, printed.stdout) == (0, "boom\n")
