@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import structlog
 import typer
 from typer.exceptions import TyperException
 
 from batchrun import _help, errors
+from batchrun._cli_errors import crashed, fail, usage_message
 from batchrun._console import Console
 from batchrun._help import EXAMPLES, SHORT
 from batchrun._identity import RunIdentity
-from batchrun._logging import LogFormat, configure_logging
+from batchrun._logging import configure_logging
 from batchrun._options import (
     FinalSyncOpt,
     KeepStateOpt,
@@ -284,66 +285,15 @@ def main() -> None:
     try:
         result = app(prog_name="batchrun", standalone_mode=False)
     except BatchrunError as exc:
-        _fail(str(exc), exc.exit_code)
+        fail(str(exc), exc.exit_code)
     except StoppedError as exc:  # a stop signal during start-up (a BaseException, like KeyboardInterrupt)
-        _fail(str(exc), exc.exit_code)
+        fail(str(exc), exc.exit_code)
     except TyperException as exc:  # usage errors found by the parser: unknown option, missing argument
-        _fail(_usage_message(exc), exc.exit_code)
+        fail(usage_message(exc), exc.exit_code)
     except typer.Abort:  # Ctrl-C or end of input at a prompt: end the prompt's line first
         with contextlib.suppress(OSError):
             typer.echo("", err=True)
-        _fail("aborted, nothing deleted", errors.EXIT_SIGINT)
+        fail("aborted, nothing deleted", errors.EXIT_SIGINT)
     except Exception as exc:  # a bug: not BaseException, so KeyboardInterrupt and SystemExit pass  # noqa: BLE001
-        _crashed(exc)
+        crashed(exc)
     raise SystemExit(result if isinstance(result, int) else errors.EXIT_OK)
-
-
-# pydantic's words for a value that is not a number, in plain ones.
-_PLAIN = {
-    "Input should be a valid integer": "not a whole number",
-    "Input should be a valid number": "not a number",
-    "Input should be a valid boolean": "not true or false",
-}
-
-
-def _usage_message(exc: TyperException) -> str:
-    """The parser's message for a bad value, naming the env var only when the value came from it
-    (typer names it whenever the option has one) and without pydantic's "Value error, ".
-    """
-    from typer._click.core import ParameterSource  # noqa: PLC0415 - typer is pinned (pyproject.toml)
-    from typer._click.exceptions import BadParameter, MissingParameter  # noqa: PLC0415
-
-    if isinstance(exc, MissingParameter) and exc.ctx is not None:  # `batchrun run` alone, say
-        return f"{exc.format_message().rstrip('.')} (see: batchrun {exc.ctx.info_name} --help)"
-    if not isinstance(exc, BadParameter) or exc.param is None or exc.ctx is None:
-        return exc.format_message()
-    param = exc.param
-    names = " / ".join(param.opts) or str(param.name).upper()
-    envvar = getattr(param, "envvar", None)
-    source = exc.ctx.get_parameter_source(param.name) if param.name else None
-    where = f" (from {envvar})" if source is ParameterSource.ENVIRONMENT and isinstance(envvar, str) else ""
-    message = exc.message.removeprefix("Value error, ")
-    message = _PLAIN.get(message.split(",", 1)[0], message)
-    return f"invalid value for {names}{where}: {message}"
-
-
-def _crashed(exc: Exception) -> NoReturn:
-    """An unexpected exception: its traceback as the `run.crashed` event, then one line and exit 70."""
-    import traceback  # noqa: PLC0415 - only on this path
-
-    import structlog  # noqa: PLC0415
-
-    if not structlog.is_configured():  # status, logs, reset, or run before it set logging up
-        configure_logging(Console(), LogFormat.AUTO, terminal=sys.stderr.isatty())
-    lines = str(exc).strip().splitlines()
-    summary = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    with contextlib.suppress(Exception):  # the log sink itself may be what failed
-        structlog.get_logger("batchrun").error("run.crashed", error=summary, exception=traceback.format_exc())
-    _fail(f"internal error: {summary} (please report)", errors.EXIT_INTERNAL)
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    if message:  # an empty one follows help that was already printed
-        with contextlib.suppress(OSError):  # stderr's reader is gone: the exit code still tells
-            typer.echo(f"batchrun: error: {message}", err=True)
-    raise SystemExit(code)
