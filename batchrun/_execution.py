@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import structlog
 
 from batchrun._console import Console
-from batchrun._process import EvalProcess, Output
+from batchrun._process import READY_WAIT_S, EvalProcess, Output
 from batchrun._signals import StopRequest
 from batchrun._state import Attempt
 
@@ -104,9 +104,11 @@ class Executor:
         deadline = None if timeout is None else time.monotonic() + timeout
         timed_out = not process.pump(self.console, prefix, output, deadline, announced)
         if timed_out:
+            if announced is not None:
+                announced.wait(READY_WAIT_S)  # the line after its `eval.started` line
             self.log.warning("eval.timed_out", eval=attempt.eval, attempt=attempt.number, timeout_s=timeout)
             process.stop(self.policy.stop_signal, self.policy.grace, self.stop.urgent)
-            process.pump(self.console, prefix, output, None)
+            process.pump(self.console, prefix, output, None, announced)
         code = process.reap()
         with self._lock:
             del self._running[attempt.id]

@@ -1,17 +1,20 @@
 """A run's identity, kept in ``P.d/run.json``: what makes two `run` invocations the same run, and
 the generation its records are written under (new after every reset). The command and extra args
-may change while no eval has completed (a command broken for every eval, fixed): nothing done
-under the old one would be mixed with the new one's results.
+may change when the run has attempts, all ended, none completed, and no live worker (a command
+broken for every eval, fixed): nothing done under the old one is mixed with the new one's results,
+and no process is still running the old one.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 
 from batchrun._backends import Backend
+from batchrun._heartbeat import Heartbeat
+from batchrun._state import Outcome, RunState
 from batchrun.errors import ConflictError, RunIdentityError, StoreError
 
 _TRIES = 20
@@ -63,13 +66,23 @@ def read_identity(backend: Backend, path: str, uri: str) -> RunIdentity | None:
     return None if blob is None else read_identity_bytes(blob.data, uri)
 
 
+def command_may_change(state: RunState, workers: Iterable[Heartbeat]) -> bool:
+    """Whether a run's command may change: it has attempts, every one ended and none completed,
+    and no worker is live (its heartbeat says so: a killed one's stays until --fresh or a reset).
+    """
+    attempts = [a for name in state.attempts for a in state.of(name)]
+    ended = bool(attempts) and all(a.outcome is not None for a in attempts)
+    completed = any(a.outcome is Outcome.COMPLETED for a in attempts)
+    return ended and not completed and not any(w.state == "live" for w in workers)
+
+
 def claim_identity(
-    backend: Backend, path: str, identity: RunIdentity, uri: str, completed_any: Callable[[], bool]
+    backend: Backend, path: str, identity: RunIdentity, uri: str, may_change: Callable[[], bool]
 ) -> tuple[RunIdentity, str | None]:
     """Store *identity* (a new generation) or check it against the stored one (keeping its
-    generation, taking a new eval list, and a new command or extra args while *completed_any* says
-    no eval has completed); refuse another run. Returns what is stored, and the change of command
-    or extra args it took, if any.
+    generation, taking a new eval list, and a new command or extra args when *may_change* says
+    so); refuse another run. Returns what is stored, and the change of command or extra args it
+    took, if any.
     """
     for _ in range(_TRIES):
         blob = backend.read(path)
@@ -80,7 +93,7 @@ def claim_identity(
             stored = read_identity_bytes(blob.data, uri)
             difference = identity.difference(stored)
             if difference is not None and identity.difference(stored, ("model", "eval_set")) is None:
-                changed = None if completed_any() else difference  # nothing done under the old command
+                changed = difference if may_change() else None  # nothing done, nothing running, under the old
             if difference is not None and changed is None:
                 msg = (
                     f"progress at {uri} belongs to another run ({difference}); "

@@ -10,7 +10,8 @@ import typer
 
 from batchrun import errors
 from batchrun._options import ProgressOpt, RegistryOpt, StorageOpt, locate, locate_run
-from batchrun.errors import BadInputError
+from batchrun._state import Attempt
+from batchrun.errors import BadInputError, BatchrunError
 from batchrun.status import Frames, build_report, dumps, watch
 
 _NAMES_SHOWN = 5  # of the set's evals, when an eval is not in it
@@ -85,8 +86,11 @@ def reset(  # noqa: PLR0913
         if not sys.stdin.isatty():
             msg = f"refusing to delete {uri} without --yes (no terminal to confirm on)"
             raise BadInputError(msg)
-        done = len(store.load().completed_order())
-        what = f"{done} completed eval{'' if done == 1 else 's'}, with all logs, state and results"
+        try:
+            done = len(store.load().completed_order())
+            what = f"{done} completed eval{'' if done == 1 else 's'}, with all logs, state and results"
+        except BatchrunError as exc:  # a damaged store is what a reset gets one out of: ask anyway
+            what = f"its records can't be read: {exc}"
         if not typer.confirm(f"Delete all progress at {uri} ({what})?"):
             typer.echo("nothing deleted")
             raise typer.Exit(errors.EXIT_EVAL_FAILED)
@@ -112,27 +116,36 @@ def logs(  # noqa: PLR0913
     """Print the saved output of one attempt of an eval, even from a pod that is gone."""
     run = locate_run(model, eval_set, progress, storage_options, registry_path or [])
     store, uri = run.store, run.store.location.uri
-    if run.names and eval_name not in run.names:
+    records = store.load().of(eval_name) if run.stored else []
+    if run.names and eval_name not in run.names and not records:  # (an eval since taken out of the set has some)
         shown = ", ".join(run.names[:_NAMES_SHOWN]) + (", ..." if len(run.names) > _NAMES_SHOWN else "")
         msg = f"eval {eval_name!r} is not in the set ({len(run.names)} evals: {shown})"
         raise BadInputError(msg)
     if not run.stored:
         msg = f"no progress stored at {uri} (the {len(run.names)} evals of the set have not run)"
         raise BadInputError(msg)
-    ran = sorted({a.number for a in store.load().of(eval_name) if a.ended_at is not None})
+    ended = {a.number: a for a in records if a.ended_at is not None}
     numbers = store.logged_attempts(eval_name)
     if attempt is None:
-        if not ran and not numbers:
+        if not ended and not numbers:
             msg = f"eval {eval_name!r} has no ended attempt yet at {uri}"
             raise BadInputError(msg)
-        attempt = max([*ran, *numbers])
+        attempt = max([*ended, *numbers])
     output = store.read_log(eval_name, attempt)
-    if output is None and attempt in ran:  # it ran and printed nothing: there is nothing to show
-        typer.echo(f"(attempt {attempt} of eval {eval_name!r} printed nothing)", err=True)
+    record = ended.get(attempt)
+    if output is None and record is not None and not record.tail and record.reason != "lost":
+        typer.echo(f"(attempt {attempt} of eval {eval_name!r} printed nothing)", err=True)  # nothing to show
         return
     if output is None:
-        have = ", ".join(map(str, sorted({*ran, *numbers}))) or "none"
-        msg = f"no attempt {attempt} of eval {eval_name!r} ended with output saved (ended attempts: {have})"
+        have = ", ".join(map(str, sorted({*ended, *numbers}))) or "none"
+        why = f" (it {_how(record)})" if record is not None else ""
+        msg = f"no output saved for attempt {attempt} of eval {eval_name!r}{why}; ended attempts: {have}"
         raise BadInputError(msg)
     sys.stdout.buffer.write(output)
     sys.stdout.flush()
+
+
+def _how(record: Attempt) -> str:
+    if record.reason == "lost":
+        return "was lost with its pod"
+    return "printed output, but saving it failed"

@@ -28,6 +28,7 @@ class RunInfo:
     model: str
     eval_set: str
     progress: str
+    fresh: bool = False  # started with --fresh: running the same command again would start over
 
     def command(self, name: str, *words: str) -> str:
         """`batchrun NAME MODEL EVAL_SET WORDS`, with --progress unless the run's is the default
@@ -42,7 +43,10 @@ class RunInfo:
         except BatchrunError:
             default = False
         where = [] if default else ["--progress", self.progress]
-        return shlex.join(["batchrun", name, self.model, self.eval_set, *words, *where])
+        operands = [self.model, self.eval_set, *words]
+        if any(word.startswith("-") for word in operands):  # would read as options: options first, then --
+            return shlex.join(["batchrun", name, *where, "--", *operands])
+        return shlex.join(["batchrun", name, *operands, *where])
 
 
 def _ended(attempt: Attempt | None) -> str:
@@ -122,7 +126,8 @@ def log_end(  # noqa: PLR0913 - what the end of a run reports, and where
     if summary.stopped_by is not None:
         log.warning("run.interrupted", signal=signal.Signals(summary.stopped_by).name, **fields)
         if not console.guard_json:  # a person stopped it: say where it stands and how to go on
-            console.write(f"stopped: {summary.done}/{summary.total} evals done; run the same command again to resume\n")
+            again = "the same command without --fresh" if info.fresh else "the same command"
+            console.write(f"stopped: {summary.done}/{summary.total} evals done; run {again} again to resume\n")
         return
     log.info("run.finished", **fields)
     end = run_summary(info, state, total=summary.total, done=summary.done, failed=summary.failed, duration=duration)

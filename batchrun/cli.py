@@ -267,6 +267,7 @@ def run(  # noqa: PLR0913 - one parameter per documented option
         worker_timeout=worker_timeout,
         state=states,
         fail_fast=fail_fast,
+        fresh=fresh,
     )
     summary = Runner(plan, store, console, stop).run()
     raise typer.Exit(summary.exit_code)

@@ -41,6 +41,7 @@ class RunPlan:
     worker_timeout: float = WORKER_TIMEOUT_S
     state: StateConfig | None = None  # None: no eval has a state folder
     fail_fast: bool = True  # stop when the first attempts of several evals fail fast alike
+    fresh: bool = False  # the run began by forgetting earlier progress (so rerunning it would too)
 
 
 @dataclass(frozen=True, slots=True)

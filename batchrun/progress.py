@@ -42,7 +42,7 @@ from batchrun._compaction import Compactor
 from batchrun._events import EventLog
 from batchrun._foreign import check_importable, imported_attempts
 from batchrun._heartbeat import Heartbeat, read_workers
-from batchrun._identity import RunIdentity, claim_identity, read_identity
+from batchrun._identity import RunIdentity, claim_identity, command_may_change, read_identity
 from batchrun._state import Attempt, RunState
 from batchrun.errors import AttemptTakenError, ConflictError
 from batchrun.fleet import Fleet
@@ -175,10 +175,10 @@ class ProgressStore:
 
     def claim(self, identity: RunIdentity) -> str | None:
         """Make *identity* this store's run, or refuse if the store holds a different run; the
-        change of command or extra args it took (allowed while no eval has completed), if any.
+        change of command or extra args it took (see _identity.command_may_change), if any.
         """
-        completed_any = lambda: bool(self.load().completed_order())  # noqa: E731 - read only when needed
-        claimed, changed = claim_identity(self.backend, self._identity_path, identity, self.location.uri, completed_any)
+        may_change = lambda: command_may_change(self.load(), self.workers())  # noqa: E731 - read only when needed
+        claimed, changed = claim_identity(self.backend, self._identity_path, identity, self.location.uri, may_change)
         self._identity, self._identity_known = claimed, True
         return changed
 

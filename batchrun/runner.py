@@ -133,7 +133,7 @@ class Runner:
         ledger = self.ledger
         stopped_by = None if self.failfast.verdict is not None else self.stop.signum
         summary = RunSummary(total, ledger.done, tuple(ledger.failed), ledger.ran, stopped_by=stopped_by)
-        info = RunInfo(self.plan.model, self.plan.eval_set.name, self.store.location.uri)
+        info = RunInfo(self.plan.model, self.plan.eval_set.name, self.store.location.uri, fresh=self.plan.fresh)
         log_end(self.log, self.console, info, ledger.state, summary, duration=time.monotonic() - started)
         return summary
 

@@ -1,6 +1,6 @@
 """Review of the newcomer-walk commits (output after `eval.started`, the summary's commands, `logs`,
 `reset`'s question, the stopped line, a command changed while no eval has completed): each test
-shows a defect found, marked xfail (strict) until it is fixed.
+shows a defect the review found; each failed before its fix.
 """
 
 from __future__ import annotations
@@ -37,11 +37,6 @@ def _events_and_lines(stream: io.BytesIO) -> list[str]:
     return [json.loads(line)["event"] if line.startswith("{") else line for line in lines]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a timeout the second pump (_execution.Executor.execute) is not given `announced`: "
-    "what the eval prints while it stops comes before its eval.started line on a slow store",
-)
 def test_output_printed_after_a_timeout_still_comes_after_the_started_line(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "p.txt"))
     slow = Wrapped(store.backend)
@@ -75,11 +70,6 @@ def _stored_run(tmp_path: Path) -> tuple[str, ProgressStore]:
     return uri, store
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="logs: an ended attempt without a saved log is said to have 'printed nothing', also when "
-    "it was lost with its pod (reason 'lost') or its log could not be saved (its tail holds lines)",
-)
 @pytest.mark.parametrize(
     ("reason", "tail", "exit_code"),
     [("lost", ("batchrun or its pod died during it",), None), ("exit", ("boom",), 1)],
@@ -95,11 +85,6 @@ def test_logs_does_not_say_printed_nothing_of_an_attempt_whose_output_is_unknown
     assert "printed nothing" not in shown.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="logs refuses an eval no longer in the set file ('not in the set') although the store "
-    "holds its attempts and output (before ec6b340 it printed them)",
-)
 def test_logs_prints_the_output_of_an_eval_since_removed_from_the_set_file(tmp_path: Path) -> None:
     (tmp_path / "s.txt").write_text("a\nb\n")
     progress = str(tmp_path / "p.txt")
@@ -111,11 +96,6 @@ def test_logs_prints_the_output_of_an_eval_since_removed_from_the_set_file(tmp_p
     assert (shown.returncode, shown.stdout) == (0, "boom\n"), shown.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reset loads the records to count completed evals before asking: a store whose records "
-    "can't be read (what reset is for) fails with exit 3 instead of asking (before ec6b340 it asked)",
-)
 def test_reset_still_asks_when_the_records_cannot_be_read(tmp_path: Path) -> None:
     (tmp_path / "s.txt").write_text("a\n")
     progress = str(tmp_path / "p.txt")
@@ -141,11 +121,6 @@ def test_reset_still_asks_when_the_records_cannot_be_read(tmp_path: Path) -> Non
     assert proc.returncode == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a stopped run says 'run the same command again to resume'; for a run started with --fresh "
-    "the same command deletes the progress it would resume",
-)
 def test_a_stopped_fresh_run_does_not_advise_running_the_same_command_again(tmp_path: Path) -> None:
     (tmp_path / "s.txt").write_text("a\n")
     started = tmp_path / "started"
@@ -173,11 +148,6 @@ def test_a_stopped_fresh_run_does_not_advise_running_the_same_command_again(tmp_
     assert "same command" not in stopped[0] or "--fresh" in stopped[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="claim_identity takes a new command while no eval has *completed*, even while another "
-    "worker still runs an eval under the old one: its completion is then recorded under the new command",
-)
 def test_a_new_command_is_not_taken_while_another_worker_runs_the_old_one(tmp_path: Path) -> None:
     (tmp_path / "s.txt").write_text("a\nb\n")
     uri = str(tmp_path / "p.txt")
@@ -218,11 +188,6 @@ def test_a_new_command_is_not_taken_while_another_worker_runs_the_old_one(tmp_pa
     assert identity.command == old or not completed_by_old
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the summary's commands put MODEL EVAL_SET EVAL as words: a set name starting with '-' is "
-    "taken for an option (put '--' before them, options first)",
-)
 def test_the_printed_logs_command_works_for_a_set_name_starting_with_a_dash(tmp_path: Path) -> None:
     (tmp_path / "sets.yaml").write_text(json.dumps({"-s": {"evals": ["a", "b"]}}))
     env = {k: v for k, v in os.environ.items() if k != "XDG_STATE_HOME"} | {"TMPDIR": str(tmp_path / "tmp")}

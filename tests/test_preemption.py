@@ -270,5 +270,5 @@ def test_logs_command_says_what_is_missing_and_what_printed_nothing(evalset: Pat
     assert logs("second", "--attempt", "2") == (
         2,
         "",
-        "batchrun: error: no attempt 2 of eval 'second' ended with output saved (ended attempts: 1)",
+        "batchrun: error: no output saved for attempt 2 of eval 'second'; ended attempts: 1",
     )
