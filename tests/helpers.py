@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import signal
@@ -14,9 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
+from batchrun._console import Console
+from batchrun._logging import LogFormat, configure_logging
 from batchrun.location import resolve_location
+from batchrun.plan import RunPlan, RunSummary
 from batchrun.progress import ProgressStore
+from batchrun.runner import Runner
 
 TESTS = Path(__file__).parent
 FAKE_EVAL = TESTS / "fake_eval.py"
@@ -132,3 +138,30 @@ class Wrapped:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+def slow_event_writes(store: ProgressStore, seconds: float) -> None:
+    """Make *store*'s event writes (attempt starts and ends) take *seconds* more: an S3 PUT on a bad day."""
+    slow = Wrapped(store.backend)
+
+    def create(path: str, data: bytes, *, durable: bool) -> None:
+        if "/events/" in path:
+            time.sleep(seconds)
+        slow.inner.create(path, data, durable=durable)
+
+    slow.create = create
+    store.backend = slow
+
+
+def run_with_json_logs(plan: RunPlan, store: ProgressStore) -> tuple[RunSummary, list[str]]:
+    """Run *plan* in this process with JSON logs; its summary, and the lines of the one stream that
+    gets both the log lines and the evals' stderr, in the order written.
+    """
+    stream = io.BytesIO()
+    console = Console(out=io.BytesIO(), err=io.TextIOWrapper(stream, write_through=True), bar=False)
+    configure_logging(console, LogFormat.JSON, terminal=False)
+    try:
+        summary = Runner(plan, store, console).run()
+    finally:
+        structlog.reset_defaults()
+    return summary, stream.getvalue().decode().splitlines()

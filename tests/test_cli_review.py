@@ -5,7 +5,6 @@ shows a defect the review found; each failed before its fix.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pty
@@ -17,49 +16,30 @@ import time
 from pathlib import Path
 
 import pytest
-import structlog
-from helpers import Wrapped, batchrun, open_store, wait_for_recorded_attempts
+from helpers import batchrun, open_store, run_with_json_logs, slow_event_writes, wait_for_recorded_attempts
 
 from batchrun import CommandTemplate, EvalSet, RunPlan
-from batchrun._console import Console
 from batchrun._identity import RunIdentity
-from batchrun._logging import LogFormat, configure_logging
 from batchrun._state import Outcome
 from batchrun.progress import ProgressStore
-from batchrun.runner import Runner
 
 FAIL_B = f"{sys.executable} -c \"import sys; print('boom'); sys.exit(3 if sys.argv[1] == 'b' else 0)\" {{eval}}"
 
 
-def _events_and_lines(stream: io.BytesIO) -> list[str]:
+def _events(lines: list[str]) -> list[str]:
     """The JSON log lines as their event names, the evals' lines as they are."""
-    lines = stream.getvalue().decode().splitlines()
     return [json.loads(line)["event"] if line.startswith("{") else line for line in lines]
 
 
 def test_output_printed_after_a_timeout_still_comes_after_the_started_line(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "p.txt"))
-    slow = Wrapped(store.backend)
-
-    def create(path: str, data: bytes, *, durable: bool) -> None:
-        if "/events/" in path:
-            time.sleep(0.5)
-        slow.inner.create(path, data, durable=durable)
-
-    slow.create = create  # type: ignore[method-assign]
-    store.backend = slow  # type: ignore[assignment]
-    stream = io.BytesIO()
-    console = Console(out=io.BytesIO(), err=io.TextIOWrapper(stream, write_through=True), bar=False)
+    slow_event_writes(store, 0.5)
     command = "sh -c 'trap \"echo bye-$0 >&2; exit 1\" TERM; sleep 5 & wait' {eval}"
     plan = RunPlan(
         "m", EvalSet("s", ("a",), "test"), CommandTemplate.parse(command), eval_timeout=0.1, max_attempts=1, grace=2
     )
-    configure_logging(console, LogFormat.JSON, terminal=False)
-    try:
-        Runner(plan, store, console).run()
-    finally:
-        structlog.reset_defaults()
-    seen = [line for line in _events_and_lines(stream) if line in ("eval.started", "bye-a")]
+    _, lines = run_with_json_logs(plan, store)
+    seen = [line for line in _events(lines) if line in ("eval.started", "bye-a")]
     assert seen == ["eval.started", "bye-a"]
 
 

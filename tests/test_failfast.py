@@ -7,21 +7,15 @@ eval's `started` line.
 
 from __future__ import annotations
 
-import io
 import json
-import time
 from pathlib import Path
 
-import structlog
-from helpers import Wrapped, batchrun, open_store
+from helpers import batchrun, open_store, run_with_json_logs, slow_event_writes
 from hypothesis import given
 from hypothesis import strategies as st
 
 from batchrun import CommandTemplate, EvalSet, RunPlan
-from batchrun._console import Console
 from batchrun._failfast import FAST_S, PROBES, Ending, FailFast
-from batchrun._logging import LogFormat, configure_logging
-from batchrun.runner import Runner
 
 SET = "abcdef"
 
@@ -154,24 +148,10 @@ def test_an_evals_output_comes_after_its_started_line_on_a_slow_store(tmp_path: 
     the eval's first output line waits for it, here 0.3 s, instead of coming first.
     """
     store = open_store(str(tmp_path / "p.txt"))
-    slow = Wrapped(store.backend)
-
-    def create(path: str, data: bytes, *, durable: bool) -> None:
-        if "/events/" in path:
-            time.sleep(0.3)
-        slow.inner.create(path, data, durable=durable)
-
-    slow.create = create  # type: ignore[method-assign]
-    store.backend = slow  # type: ignore[assignment]
-    stream = io.BytesIO()
-    console = Console(out=io.BytesIO(), err=io.TextIOWrapper(stream, write_through=True), bar=False)
+    slow_event_writes(store, 0.3)
     plan = RunPlan("m", EvalSet("s", ("a", "b"), "test"), CommandTemplate.parse("sh -c 'echo out-$0 >&2' {eval}"))
-    configure_logging(console, LogFormat.JSON, terminal=False)
-    try:
-        assert Runner(plan, store, console).run().exit_code == 0
-    finally:
-        structlog.reset_defaults()
-    lines = stream.getvalue().decode().splitlines()
+    summary, lines = run_with_json_logs(plan, store)
+    assert summary.exit_code == 0
     seen = [
         json.loads(line)["event"] + " " + json.loads(line).get("eval", "") if line.startswith("{") else line
         for line in lines

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Wrapped, batchrun, open_store
+from helpers import batchrun, open_store, slow_event_writes
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -127,15 +127,7 @@ def test_a_ctrl_c_just_before_the_verdict_keeps_the_grace_and_the_exit_code(tmp_
 
 def test_an_eval_stopped_on_a_slow_store_is_shown_started_before_interrupted(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "p.txt"))
-    slow = Wrapped(store.backend)
-
-    def create(path: str, data: bytes, *, durable: bool) -> None:
-        if "/events/" in path:
-            time.sleep(1.0)  # an S3 PUT on a bad day
-        store.backend.inner.create(path, data, durable=durable)  # type: ignore[attr-defined]
-
-    slow.create = create  # type: ignore[attr-defined]
-    store.backend = slow  # type: ignore[assignment]
+    slow_event_writes(store, 1.0)
     runner = runner_for(tmp_path, "sh -c 'sleep 30' {eval}", ("a",), store=store, grace=5)
     timer = threading.Timer(0.4, runner.stop.request, args=(signal.SIGTERM,))
     timer.start()
