@@ -57,6 +57,11 @@ def parse_log_format(text: str) -> LogFormat:
         raise BadInputError(msg) from None
 
 
+# MODEL and EVAL_SET of the reading commands: optional where --progress alone names the run.
+OptionalModelArg = Annotated[str | None, typer.Argument(metavar="MODEL", help="Model name (optional with --progress).")]
+OptionalSetArg = Annotated[str | None, typer.Argument(metavar="EVAL_SET", help="Eval set (optional with --progress).")]
+ModelArg = Annotated[str, typer.Argument(metavar="MODEL", help="Model name.")]
+SetArg = Annotated[str, typer.Argument(metavar="EVAL_SET", help="Eval set (with --progress, any name).")]
 ProgressOpt = Annotated[
     str | None,
     typer.Option(

@@ -11,10 +11,9 @@ from typing import Annotated
 import typer
 
 from batchrun import errors
-from batchrun._options import ProgressOpt, RegistryOpt, StorageOpt, locate_run
+from batchrun._options import ModelArg, ProgressOpt, RegistryOpt, SetArg, StorageOpt, StoredRun, locate_run
 from batchrun._state import Attempt, EvalState, Outcome, RunState
 from batchrun.errors import BadInputError
-from batchrun.progress import ProgressStore
 from batchrun.report import Metrics, Row, read_metrics, render_csv, render_json, render_table
 from batchrun.results import local_name, pull_files, source
 
@@ -22,8 +21,8 @@ _REPORTED = (".eval", ".jsonl", ".json")  # what the report's readers look at; n
 
 
 def pull(  # noqa: PLR0913 - one parameter per documented option
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name.")],
-    eval_set: Annotated[str, typer.Argument(metavar="EVAL_SET", help="Eval set (with --progress, any name).")],
+    model: ModelArg,
+    eval_set: SetArg,
     eval_name: Annotated[
         str | None, typer.Argument(metavar="EVAL", help="Only this eval (default: all).", show_default=False)
     ] = None,
@@ -38,7 +37,8 @@ def pull(  # noqa: PLR0913 - one parameter per documented option
     """Download evals' results (the state folder of the attempt that completed) to --to DIR/EVAL/,
     e.g. for `inspect view --log-dir DIR`.
     """
-    store, names, state, _ = _open(model, eval_set, progress, storage_options, registry_path)
+    run, names, state = _open(model, eval_set, progress, storage_options, registry_path)
+    store = run.store
     if eval_name is not None:
         names = (eval_name,)
     pulled = files = size = 0
@@ -74,8 +74,8 @@ _NO_RESULTS = (
 
 
 def report(  # noqa: PLR0913 - one parameter per documented option
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name.")],
-    eval_set: Annotated[str, typer.Argument(metavar="EVAL_SET", help="Eval set (with --progress, any name).")],
+    model: ModelArg,
+    eval_set: SetArg,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of a table.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV, one row per eval, one column per metric.")] = False,
     progress: ProgressOpt = None,
@@ -88,8 +88,9 @@ def report(  # noqa: PLR0913 - one parameter per documented option
     if as_json and as_csv:
         msg = "give --json or --csv, not both"
         raise BadInputError(msg)
-    store, names, state, stored = _open(model, eval_set, progress, storage_options, registry_path)
-    set_name = _set_name(store, eval_set)
+    run, names, state = _open(model, eval_set, progress, storage_options, registry_path)
+    store, stored = run.store, run.stored
+    set_name = run.identity.eval_set if run.identity is not None else run.set_name or eval_set  # as the run stored it
     if not stored and not (as_json or as_csv):
         typer.echo(f"no progress stored at {store.location.uri} (the {len(names)} evals of the set have not run)")
         raise typer.Exit(errors.EXIT_EVAL_FAILED)  # as `status` says it; --json and --csv give pending rows
@@ -113,10 +114,10 @@ def report(  # noqa: PLR0913 - one parameter per documented option
 
 def _open(
     model: str, eval_set: str, progress: str | None, storage_options: str | None, registry: list[str] | None
-) -> tuple[ProgressStore, tuple[str, ...], RunState, bool]:
+) -> tuple[StoredRun, tuple[str, ...], RunState]:
     run = locate_run(model, eval_set, progress, storage_options, registry or [])
     state = run.store.load()
-    return run.store, run.names or tuple(sorted(state.attempts)), state, run.stored
+    return run, run.names or tuple(sorted(state.attempts)), state
 
 
 def _row(state: RunState, name: str, metrics: Metrics | None) -> Row:
@@ -135,9 +136,3 @@ def _row(state: RunState, name: str, metrics: Metrics | None) -> Row:
         duration_s=duration,
         metrics=metrics,
     )
-
-
-def _set_name(store: ProgressStore, eval_set: str) -> str:
-    """The set's name as the run stored it, else as given."""
-    identity = store.identity()
-    return identity.eval_set if identity is not None else eval_set

@@ -9,7 +9,15 @@ from typing import Annotated
 import typer
 
 from batchrun import errors
-from batchrun._options import ProgressOpt, RegistryOpt, StorageOpt, locate, locate_run
+from batchrun._options import (
+    OptionalModelArg,
+    OptionalSetArg,
+    ProgressOpt,
+    RegistryOpt,
+    StorageOpt,
+    locate,
+    locate_run,
+)
 from batchrun._state import Attempt
 from batchrun.errors import BadInputError, BatchrunError
 from batchrun.status import Frames, build_report, dumps, watch
@@ -18,10 +26,8 @@ _NAMES_SHOWN = 5  # of the set's evals, when an eval is not in it
 
 
 def status(  # noqa: PLR0913
-    model: Annotated[str | None, typer.Argument(metavar="MODEL", help="Model name (optional with --progress).")] = None,
-    eval_set: Annotated[
-        str | None, typer.Argument(metavar="EVAL_SET", help="Eval set (optional with --progress).")
-    ] = None,
+    model: OptionalModelArg = None,
+    eval_set: OptionalSetArg = None,
     progress: ProgressOpt = None,
     storage_options: StorageOpt = None,
     registry_path: RegistryOpt = None,
@@ -64,10 +70,8 @@ def status(  # noqa: PLR0913
 
 
 def reset(  # noqa: PLR0913
-    model: Annotated[str | None, typer.Argument(metavar="MODEL", help="Model name (optional with --progress).")] = None,
-    eval_set: Annotated[
-        str | None, typer.Argument(metavar="EVAL_SET", help="Eval set (optional with --progress).")
-    ] = None,
+    model: OptionalModelArg = None,
+    eval_set: OptionalSetArg = None,
     progress: ProgressOpt = None,
     storage_options: StorageOpt = None,
     registry_path: RegistryOpt = None,
